@@ -1,0 +1,23 @@
+//! Domain types shared by every Stratus crate.
+//!
+//! This crate has no I/O and few dependencies: it is the vocabulary the manifest, the store, the
+//! runtimes, the router and the API speak to each other.
+#![forbid(unsafe_code)]
+
+mod error;
+mod names;
+mod spec;
+
+pub use error::{ErrorCode, PlatformError};
+pub use names::{AliasName, FunctionName, LATEST, NameError, Target, VersionNumber};
+pub use spec::{
+    Build, FunctionSpec, Health, Limits, RouteSpec, RuntimeKind, Scaling, duration_serde,
+};
+
+/// Milliseconds since the Unix epoch, the one timestamp format of the store and the API.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
