@@ -1,0 +1,343 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use stratus_core::{ErrorCode, PlatformError};
+use stratus_router::Router;
+use stratus_runtime::{Body, RuntimeError, full_body};
+use stratus_scaler::{AcquireError, Fleet};
+
+use crate::body::{Leased, Limited};
+use crate::trace::TraceContext;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_STRATUS_VERSION: HeaderName = HeaderName::from_static("x-stratus-version");
+static X_STRATUS_FUNCTION: HeaderName = HeaderName::from_static("x-stratus-function");
+
+/// Headers that describe one hop's connection and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named by `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+fn request_id(h: &HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(&X_REQUEST_ID)
+        && !v.is_empty()
+        && v.len() <= 128
+        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return v.clone();
+    }
+    HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
+        .expect("uuid is a valid header")
+}
+
+pub(crate) fn error_response(err: &PlatformError, request_id: &HeaderValue) -> Response<Body> {
+    let status =
+        StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::new(full_body(err.to_json().to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
+    if matches!(err.code, ErrorCode::Overloaded | ErrorCode::ShuttingDown) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let host = match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => raw.split(':').next().unwrap_or(raw),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// The data plane's request handler. Cheap to clone; shared by every connection.
+#[derive(Clone)]
+pub struct Gateway {
+    router: Arc<Router>,
+    fleet: Arc<Fleet>,
+}
+
+impl Gateway {
+    pub fn new(router: Arc<Router>, fleet: Arc<Fleet>) -> Self {
+        Self { router, fleet }
+    }
+
+    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<stratus_runtime::BoxError>,
+    {
+        // 1. Identity.
+        let rid = request_id(req.headers());
+        let trace = req
+            .headers()
+            .get(&TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+            .map(|t| t.child())
+            .unwrap_or_else(TraceContext::new_root);
+
+        // 2. Routing.
+        let host = host_of(&req);
+        let table = self.router.table();
+        let resolved = match table.resolve(host.as_deref(), req.uri().path()) {
+            Ok(r) => r,
+            Err(e) => return error_response(&e.into(), &rid),
+        };
+        drop(table);
+        let version = resolved.version;
+        let spec = &version.spec;
+
+        // 3. Body limit, up front where the length is declared.
+        let limit = spec.limits.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            let e = PlatformError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "request body is larger than the limit of {limit} bytes of `{}`",
+                    spec.name
+                ),
+            );
+            return error_response(&e, &rid);
+        }
+
+        // 4. A slot on an instance, within the function's timeout.
+        let timeout = spec.limits.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let pool = self.fleet.pool(spec, version.number, &version.artifact);
+        let lease = match pool.acquire(deadline).await {
+            Ok(l) => l,
+            Err(e) => {
+                let err = match e {
+                    AcquireError::StartFailed(why) => PlatformError::new(
+                        ErrorCode::InstanceStartFailed,
+                        format!(
+                            "`{}` version {} could not start: {why}",
+                            spec.name, version.number
+                        ),
+                    ),
+                    AcquireError::Timeout => PlatformError::new(
+                        ErrorCode::Overloaded,
+                        format!(
+                            "no instance of `{}` had a free slot within {timeout:?}",
+                            spec.name
+                        ),
+                    ),
+                    AcquireError::ShuttingDown => {
+                        PlatformError::new(ErrorCode::ShuttingDown, "the server is shutting down")
+                    }
+                };
+                return error_response(&err, &rid);
+            }
+        };
+
+        // 5. Forward.
+        let (mut parts, body) = req.into_parts();
+        let query = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        parts.uri = match format!("{}{query}", resolved.path).parse() {
+            Ok(u) => u,
+            Err(e) => {
+                return error_response(
+                    &PlatformError::new(ErrorCode::BadRequest, format!("bad path: {e}")),
+                    &rid,
+                );
+            }
+        };
+        let h = &mut parts.headers;
+        strip_hop_by_hop(h);
+        if let Some(host) = &host
+            && let Ok(v) = HeaderValue::from_str(host)
+        {
+            h.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        if !resolved.stripped_prefix.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&resolved.stripped_prefix)
+        {
+            h.insert(X_FORWARDED_PREFIX.clone(), v);
+        }
+        h.insert(X_REQUEST_ID.clone(), rid.clone());
+        h.insert(
+            TRACEPARENT.clone(),
+            HeaderValue::from_str(&trace.header()).expect("ascii"),
+        );
+        if h.get(header::HOST).is_none()
+            && let Some(host) = &host
+            && let Ok(v) = HeaderValue::from_str(host)
+        {
+            h.insert(header::HOST, v);
+        }
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = Limited {
+            inner: body,
+            remaining: limit,
+            exceeded: exceeded.clone(),
+        }
+        .boxed_unsync();
+        let upstream = Request::from_parts(parts, body);
+        let remaining = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(1));
+        let result = tokio::time::timeout(remaining, lease.instance().handle(upstream)).await;
+
+        // 6. Respond.
+        let mut resp = match result {
+            Err(_) => {
+                let e = PlatformError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "`{}` did not respond within its timeout of {timeout:?}",
+                        spec.name
+                    ),
+                );
+                return error_response(&e, &rid);
+            }
+            Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
+                let e = PlatformError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "request body is larger than the limit of {limit} bytes of `{}`",
+                        spec.name
+                    ),
+                );
+                return error_response(&e, &rid);
+            }
+            Ok(Err(
+                RuntimeError::Upstream(why)
+                | RuntimeError::StartFailed(why)
+                | RuntimeError::PrepareFailed(why),
+            )) => {
+                tracing::warn!(function = %spec.name, version = %version.number, "upstream error: {why}");
+                let e = PlatformError::new(
+                    ErrorCode::UpstreamError,
+                    format!(
+                        "`{}` version {} failed to answer: {why}",
+                        spec.name, version.number
+                    ),
+                );
+                return error_response(&e, &rid);
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let h = resp.headers_mut();
+        strip_hop_by_hop(h);
+        h.insert(X_REQUEST_ID.clone(), rid);
+        h.insert(
+            X_STRATUS_VERSION.clone(),
+            HeaderValue::from(version.number.0),
+        );
+        if let Ok(v) = HeaderValue::from_str(spec.name.as_str()) {
+            h.insert(X_STRATUS_FUNCTION.clone(), v);
+        }
+        resp.map(|inner| {
+            Leased {
+                inner,
+                _lease: lease,
+            }
+            .boxed_unsync()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+        assert_eq!(request_id(&HeaderMap::new()).len(), 32);
+    }
+
+    #[test]
+    fn hosts_lose_their_port() {
+        let req = |h: &'static str| Request::get("/").header("host", h).body(()).unwrap();
+        assert_eq!(
+            host_of(&req("Example.com:8080")).as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(host_of(&req("example.com")).as_deref(), Some("example.com"));
+        assert_eq!(host_of(&req("[::1]:8080")).as_deref(), Some("::1"));
+    }
+}

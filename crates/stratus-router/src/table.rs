@@ -1,0 +1,398 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use stratus_core::{
+    AliasName, ErrorCode, FunctionName, PlatformError, RouteSpec, Target, VersionNumber,
+};
+use stratus_store::{RoutingSnapshot, VersionRecord};
+
+#[derive(Debug)]
+struct FunctionEntry {
+    aliases: HashMap<AliasName, VersionNumber>,
+    versions: HashMap<VersionNumber, Arc<VersionRecord>>,
+}
+
+#[derive(Debug, Clone)]
+struct RouteEntry {
+    host: Option<String>,
+    path: String,
+    function: FunctionName,
+    alias: AliasName,
+}
+
+/// An immutable view of everything routable.
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    pub generation: u64,
+    functions: HashMap<FunctionName, FunctionEntry>,
+    /// Host-specific routes first, then longest path first: the first match is the most specific.
+    routes: Vec<RouteEntry>,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub version: Arc<VersionRecord>,
+    /// What the request asked for (`latest` when it named no alias).
+    pub target: Target,
+    /// The `/fn/<name>[@target]` prefix that was stripped, for `x-forwarded-prefix`; empty for
+    /// manifest routes, which pass the path through unchanged.
+    pub stripped_prefix: String,
+    /// The path the function sees.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    NoRoute(String),
+    FunctionNotFound(String),
+    AliasNotFound(String, String),
+    VersionNotFound(String, VersionNumber),
+    BadTarget(String),
+}
+
+impl From<RouteError> for PlatformError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::NoRoute(p) => PlatformError::new(
+                ErrorCode::RouteNotFound,
+                format!("no function serves {p}: call /fn/<name>/"),
+            ),
+            RouteError::FunctionNotFound(f) => PlatformError::new(
+                ErrorCode::FunctionNotFound,
+                format!("function `{f}` does not exist"),
+            ),
+            RouteError::AliasNotFound(f, a) => PlatformError::new(
+                ErrorCode::AliasNotFound,
+                format!("function `{f}` has no alias `{a}`"),
+            ),
+            RouteError::VersionNotFound(f, v) => PlatformError::new(
+                ErrorCode::VersionNotFound,
+                format!("function `{f}` has no version {v}"),
+            ),
+            RouteError::BadTarget(m) => PlatformError::new(ErrorCode::BadRequest, m),
+        }
+    }
+}
+
+/// Splits `/fn/<name>[@target][/rest]` into name, target and the prefix length.
+pub fn parse_fn_path(path: &str) -> Option<(&str, Option<&str>, usize)> {
+    let rest = path.strip_prefix("/fn/")?;
+    let seg_end = rest.find('/').unwrap_or(rest.len());
+    let seg = &rest[..seg_end];
+    if seg.is_empty() {
+        return None;
+    }
+    let (name, target) = match seg.split_once('@') {
+        Some((n, t)) => (n, Some(t)),
+        None => (seg, None),
+    };
+    Some((name, target, "/fn/".len() + seg_end))
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path == prefix
+        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+}
+
+impl RoutingTable {
+    pub fn build(snap: RoutingSnapshot) -> Self {
+        let mut functions = HashMap::new();
+        let mut routes = Vec::new();
+        for f in snap.functions {
+            let aliases: HashMap<_, _> = f
+                .aliases
+                .iter()
+                .map(|a| (a.name.clone(), a.version))
+                .collect();
+            let versions: HashMap<_, _> = f
+                .versions
+                .into_iter()
+                .map(|v| (v.number, Arc::new(v)))
+                .collect();
+            // Routes are declared by the manifest `latest` points at: the newest deploy decides.
+            if let Some(latest) = aliases
+                .get(&AliasName::latest())
+                .and_then(|n| versions.get(n))
+            {
+                for r in &latest.spec.routes {
+                    routes.push(RouteEntry {
+                        host: r.host.clone(),
+                        path: r.path.clone(),
+                        function: f.name.clone(),
+                        alias: r.alias.clone(),
+                    });
+                }
+            }
+            functions.insert(f.name, FunctionEntry { aliases, versions });
+        }
+        routes.sort_by(|a, b| {
+            b.host
+                .is_some()
+                .cmp(&a.host.is_some())
+                .then(b.path.len().cmp(&a.path.len()))
+        });
+        Self {
+            generation: snap.generation,
+            functions,
+            routes,
+        }
+    }
+
+    pub fn function_names(&self) -> impl Iterator<Item = &FunctionName> {
+        self.functions.keys()
+    }
+
+    /// Versions that some alias points at.
+    pub fn routable_versions(&self) -> impl Iterator<Item = (FunctionName, VersionNumber)> + '_ {
+        self.functions
+            .iter()
+            .flat_map(|(name, f)| f.aliases.values().map(move |v| (name.clone(), *v)))
+    }
+
+    /// The version a function's target resolves to.
+    pub fn version_of(
+        &self,
+        function: &str,
+        target: &Target,
+    ) -> Result<Arc<VersionRecord>, RouteError> {
+        let f = FunctionName::new(function)
+            .ok()
+            .and_then(|n| self.functions.get(&n))
+            .ok_or_else(|| RouteError::FunctionNotFound(function.to_string()))?;
+        let number = match target {
+            Target::Version(v) => *v,
+            Target::Alias(a) => *f
+                .aliases
+                .get(a)
+                .ok_or_else(|| RouteError::AliasNotFound(function.to_string(), a.to_string()))?,
+        };
+        f.versions
+            .get(&number)
+            .cloned()
+            .ok_or_else(|| RouteError::VersionNotFound(function.to_string(), number))
+    }
+
+    /// Resolves a request. `host` is the request's host without port, lowercased.
+    pub fn resolve(&self, host: Option<&str>, path: &str) -> Result<Resolved, RouteError> {
+        if let Some((name, target, prefix_len)) = parse_fn_path(path) {
+            let target = match target {
+                None => Target::default(),
+                Some(t) => Target::parse(t).map_err(|e| RouteError::BadTarget(e.to_string()))?,
+            };
+            let version = self.version_of(name, &target)?;
+            let rest = &path[prefix_len..];
+            return Ok(Resolved {
+                version,
+                target,
+                stripped_prefix: path[..prefix_len].to_string(),
+                path: if rest.is_empty() {
+                    "/".to_string()
+                } else {
+                    rest.to_string()
+                },
+            });
+        }
+        let route = self
+            .routes
+            .iter()
+            .find(|r| {
+                r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.path, path)
+            })
+            .ok_or_else(|| RouteError::NoRoute(path.to_string()))?;
+        let target = Target::Alias(route.alias.clone());
+        let version = self.version_of(route.function.as_str(), &target)?;
+        Ok(Resolved {
+            version,
+            target,
+            stripped_prefix: String::new(),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// A route of `routes` that another function than `function` already serves.
+pub fn conflicting_route(
+    table: &RoutingTable,
+    function: &FunctionName,
+    routes: &[RouteSpec],
+) -> Option<(RouteSpec, FunctionName)> {
+    routes.iter().find_map(|r| {
+        table
+            .routes
+            .iter()
+            .find(|e| &e.function != function && e.path == r.path && e.host == r.host)
+            .map(|e| (r.clone(), e.function.clone()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use stratus_core::{Build, FunctionSpec, Health, Limits, RuntimeKind, Scaling};
+    use stratus_store::{AliasRecord, RoutableFunction};
+
+    use super::*;
+
+    fn version(name: &str, n: u32, routes: Vec<RouteSpec>) -> VersionRecord {
+        VersionRecord {
+            function: FunctionName::new(name).unwrap(),
+            number: VersionNumber(n),
+            spec: FunctionSpec {
+                name: FunctionName::new(name).unwrap(),
+                runtime: RuntimeKind::Process,
+                command: vec!["x".into()],
+                env: BTreeMap::new(),
+                limits: Limits::default(),
+                scaling: Scaling::default(),
+                health: Health::default(),
+                routes,
+                build: Build::default(),
+            },
+            artifact: String::new(),
+            artifact_size: 0,
+            created_at: 0,
+            created_by: String::new(),
+        }
+    }
+
+    fn alias(f: &str, a: &str, v: u32) -> AliasRecord {
+        AliasRecord {
+            function: FunctionName::new(f).unwrap(),
+            name: AliasName::new(a).unwrap(),
+            version: VersionNumber(v),
+            updated_at: 0,
+        }
+    }
+
+    fn route(path: &str, host: Option<&str>, alias: &str) -> RouteSpec {
+        RouteSpec {
+            path: path.into(),
+            host: host.map(Into::into),
+            alias: AliasName::new(alias).unwrap(),
+        }
+    }
+
+    fn table() -> RoutingTable {
+        RoutingTable::build(RoutingSnapshot {
+            generation: 7,
+            functions: vec![
+                RoutableFunction {
+                    name: FunctionName::new("hello").unwrap(),
+                    aliases: vec![alias("hello", "latest", 2), alias("hello", "release", 1)],
+                    versions: vec![
+                        version("hello", 1, vec![]),
+                        version(
+                            "hello",
+                            2,
+                            vec![
+                                route("/api/hello", None, "release"),
+                                route("/", Some("hello.test"), "latest"),
+                            ],
+                        ),
+                    ],
+                },
+                RoutableFunction {
+                    name: FunctionName::new("other").unwrap(),
+                    aliases: vec![alias("other", "latest", 1)],
+                    versions: vec![version("other", 1, vec![route("/api", None, "latest")])],
+                },
+            ],
+        })
+    }
+
+    fn served(t: &RoutingTable, host: Option<&str>, path: &str) -> (String, u32, String, String) {
+        let r = t.resolve(host, path).unwrap();
+        (
+            r.version.function.to_string(),
+            r.version.number.0,
+            r.stripped_prefix,
+            r.path,
+        )
+    }
+
+    #[test]
+    fn fn_paths_strip_the_prefix() {
+        let t = table();
+        assert_eq!(
+            served(&t, None, "/fn/hello/"),
+            ("hello".into(), 2, "/fn/hello".into(), "/".into())
+        );
+        assert_eq!(
+            served(&t, None, "/fn/hello"),
+            ("hello".into(), 2, "/fn/hello".into(), "/".into())
+        );
+        assert_eq!(
+            served(&t, None, "/fn/hello@release/a/b"),
+            ("hello".into(), 1, "/fn/hello@release".into(), "/a/b".into())
+        );
+        assert_eq!(
+            served(&t, None, "/fn/hello@2/x"),
+            ("hello".into(), 2, "/fn/hello@2".into(), "/x".into())
+        );
+    }
+
+    #[test]
+    fn unknown_things_are_named() {
+        let t = table();
+        assert_eq!(
+            t.resolve(None, "/fn/nope/").unwrap_err(),
+            RouteError::FunctionNotFound("nope".into())
+        );
+        assert_eq!(
+            t.resolve(None, "/fn/hello@beta/").unwrap_err(),
+            RouteError::AliasNotFound("hello".into(), "beta".into())
+        );
+        assert_eq!(
+            t.resolve(None, "/fn/hello@9/").unwrap_err(),
+            RouteError::VersionNotFound("hello".into(), VersionNumber(9))
+        );
+        assert!(matches!(
+            t.resolve(None, "/fn/hello@B!/").unwrap_err(),
+            RouteError::BadTarget(_)
+        ));
+        assert_eq!(
+            t.resolve(None, "/nothing").unwrap_err(),
+            RouteError::NoRoute("/nothing".into())
+        );
+    }
+
+    #[test]
+    fn manifest_routes_match_on_segments_most_specific_first() {
+        let t = table();
+        assert_eq!(served(&t, None, "/api/hello/x").0, "hello");
+        assert_eq!(
+            served(&t, None, "/api/hello/x").1,
+            1,
+            "route serves its alias"
+        );
+        assert_eq!(
+            served(&t, None, "/api/hello").3,
+            "/api/hello",
+            "path passes through"
+        );
+        assert_eq!(
+            served(&t, None, "/api/helloo").0,
+            "other",
+            "segment boundary"
+        );
+        assert_eq!(
+            served(&t, Some("hello.test"), "/api").0,
+            "hello",
+            "host routes win"
+        );
+        assert_eq!(served(&t, Some("elsewhere"), "/api").0, "other");
+    }
+
+    #[test]
+    fn conflicts_are_found_across_functions_only() {
+        let t = table();
+        let hello = FunctionName::new("hello").unwrap();
+        let other = FunctionName::new("other").unwrap();
+        assert!(conflicting_route(&t, &hello, &[route("/api", None, "latest")]).is_some());
+        assert!(conflicting_route(&t, &other, &[route("/api", None, "latest")]).is_none());
+        assert!(conflicting_route(&t, &hello, &[route("/api", Some("h"), "latest")]).is_none());
+    }
+}

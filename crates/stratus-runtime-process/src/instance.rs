@@ -1,0 +1,169 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::uri::{PathAndQuery, Uri};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use stratus_runtime::{Body, Instance, InstanceHealth, RuntimeError, empty_body};
+use tokio::sync::{Notify, watch};
+
+pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
+
+pub fn client() -> Client {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
+pub struct ProcessInstance {
+    id: String,
+    pid: i32,
+    port: u16,
+    authority: http::uri::Authority,
+    client: Client,
+    health: watch::Receiver<InstanceHealth>,
+    exited: Arc<Notify>,
+}
+
+impl ProcessInstance {
+    pub(crate) fn new(
+        id: String,
+        pid: i32,
+        port: u16,
+        client: Client,
+        health: watch::Receiver<InstanceHealth>,
+        exited: Arc<Notify>,
+    ) -> Self {
+        let authority = format!("127.0.0.1:{port}")
+            .parse()
+            .expect("valid authority");
+        Self {
+            id,
+            pid,
+            port,
+            authority,
+            client,
+            health,
+            exited,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub(crate) fn health_rx(&self) -> watch::Receiver<InstanceHealth> {
+        self.health.clone()
+    }
+
+    fn running(&self) -> bool {
+        matches!(*self.health.borrow(), InstanceHealth::Running)
+    }
+
+    #[allow(unsafe_code)]
+    fn signal_group(&self, sig: i32) {
+        if self.pid > 0 {
+            // SAFETY: kill(2) with a negative pid signals the process group we created for this
+            // instance; it has no memory-safety preconditions.
+            unsafe {
+                libc::kill(-self.pid, sig);
+            }
+        }
+    }
+
+    pub(crate) fn kill_now(&self) {
+        self.signal_group(libc::SIGKILL);
+    }
+
+    pub(crate) async fn probe(&self, path: &str) -> bool {
+        let Ok(uri) = Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+        else {
+            return false;
+        };
+        let req = http::Request::get(uri)
+            .body(empty_body())
+            .expect("valid request");
+        match tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await {
+            Ok(Ok(resp)) => resp.status().is_success(),
+            _ => false,
+        }
+    }
+}
+
+#[async_trait]
+impl Instance for ProcessInstance {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn handle(&self, req: http::Request<Body>) -> Result<http::Response<Body>, RuntimeError> {
+        let (mut parts, body) = req.into_parts();
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| RuntimeError::Upstream(format!("bad upstream uri: {e}")))?;
+        // The pooled client speaks HTTP/1.1 to instances whatever the caller used.
+        parts.version = http::Version::HTTP_11;
+        let req = http::Request::from_parts(parts, body);
+        match self.client.request(req).await {
+            Ok(resp) => Ok(resp.map(|b| b.map_err(Into::into).boxed_unsync())),
+            Err(e) => {
+                let why = if self.running() {
+                    "connection to the instance failed"
+                } else {
+                    "the instance exited"
+                };
+                Err(RuntimeError::Upstream(format!("{why}: {e}")))
+            }
+        }
+    }
+
+    fn health(&self) -> watch::Receiver<InstanceHealth> {
+        self.health.clone()
+    }
+
+    async fn stop(&self, grace: Duration) {
+        if !self.running() {
+            // The leader is gone; make sure nothing it forked outlives it.
+            self.kill_now();
+            return;
+        }
+        let exited = self.exited.notified();
+        self.signal_group(libc::SIGTERM);
+        let mut health = self.health.clone();
+        let wait = async {
+            while matches!(*health.borrow_and_update(), InstanceHealth::Running) {
+                if health.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = exited => {}
+            _ = tokio::time::sleep(grace) => {}
+        }
+        // Whatever is left of the group (the leader past its grace, or children it left behind).
+        self.kill_now();
+    }
+}

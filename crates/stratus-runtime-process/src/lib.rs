@@ -1,0 +1,68 @@
+//! The process runtime: an instance is the manifest's `command`, started in the version's folder
+//! with `PORT` and the manifest's `env`, and ready once its port accepts (or its health path
+//! answers 2xx). Requests are proxied over pooled keep-alive HTTP/1.1 connections.
+//!
+//! Each instance is its own process group, so stopping it reaches every process it forked, and
+//! asks the kernel to kill it should the server die (`PR_SET_PDEATHSIG`), so a `kill -9` of the
+//! server leaves no orphans holding ports.
+
+mod install;
+mod instance;
+mod spawn;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use stratus_core::{FunctionSpec, VersionNumber};
+use stratus_runtime::{CodeCache, Instance, LogSink, PreparedVersion, Runtime, RuntimeError};
+
+pub use instance::ProcessInstance;
+
+pub struct ProcessRuntime {
+    code: Arc<CodeCache>,
+    logs: Arc<dyn LogSink>,
+    client: instance::Client,
+}
+
+impl ProcessRuntime {
+    pub fn new(code: Arc<CodeCache>, logs: Arc<dyn LogSink>) -> Self {
+        Self {
+            code,
+            logs,
+            client: instance::client(),
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    async fn prepare(
+        &self,
+        spec: Arc<FunctionSpec>,
+        version: VersionNumber,
+        artifact: &str,
+    ) -> Result<PreparedVersion, RuntimeError> {
+        let dir = self.code.unpacked(artifact).await?;
+        if let Some(install) = &spec.build.install {
+            let lock = self.code.lock(artifact).await;
+            let _guard = lock.lock().await;
+            install::run_once(&dir, install, &spec, version, self.logs.clone()).await?;
+        }
+        Ok(PreparedVersion { spec, version, dir })
+    }
+
+    async fn start(
+        &self,
+        prepared: &PreparedVersion,
+        instance_id: &str,
+    ) -> Result<Arc<dyn Instance>, RuntimeError> {
+        let inst = spawn::start(
+            prepared,
+            instance_id,
+            self.logs.clone(),
+            self.client.clone(),
+        )
+        .await?;
+        Ok(Arc::new(inst))
+    }
+}

@@ -1,0 +1,302 @@
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stratus_core::{VersionNumber, now_ms};
+use stratus_runtime::{InstanceHealth, LogSink, PreparedVersion, RuntimeError};
+use stratus_store::{LogLine, LogStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::instance::{Client, ProcessInstance};
+
+const TAIL_LINES: usize = 20;
+
+/// The last lines an instance wrote, quoted in start errors so a failed deploy says why.
+#[derive(Clone, Default)]
+pub struct OutputTail(Arc<Mutex<VecDeque<String>>>);
+
+impl OutputTail {
+    fn push(&self, line: &str) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == TAIL_LINES {
+            q.pop_front();
+        }
+        q.push_back(line.to_string());
+    }
+    pub fn text(&self) -> String {
+        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            return "(no output)".into();
+        }
+        q.iter()
+            .map(|l| format!("  | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Relative programs with a slash (`./server`) are looked up in the version's folder.
+pub fn resolve_program(dir: &Path, program: &str) -> PathBuf {
+    let p = Path::new(program);
+    if p.is_relative() && program.contains('/') {
+        dir.join(p)
+    } else {
+        p.to_path_buf()
+    }
+}
+
+fn reader_task(
+    pipe: impl AsyncRead + Unpin + Send + 'static,
+    stream: LogStream,
+    meta: (String, u32, String),
+    logs: Arc<dyn LogSink>,
+    tail: OutputTail,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        // Lines that are not UTF-8 end the capture; the instance keeps running.
+        while let Ok(Some(line)) = lines.next_line().await {
+            tail.push(&line);
+            logs.emit(LogLine {
+                id: 0,
+                at: now_ms(),
+                function: meta.0.clone(),
+                version: meta.1,
+                instance: meta.2.clone(),
+                stream,
+                line,
+            });
+        }
+    })
+}
+
+pub fn capture_output(
+    child: &mut Child,
+    function: &str,
+    version: VersionNumber,
+    instance: &str,
+    logs: Arc<dyn LogSink>,
+    tail: OutputTail,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let meta = (function.to_string(), version.0, instance.to_string());
+    let mut tasks = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        tasks.push(reader_task(
+            out,
+            LogStream::Stdout,
+            meta.clone(),
+            logs.clone(),
+            tail.clone(),
+        ));
+    }
+    if let Some(err) = child.stderr.take() {
+        tasks.push(reader_task(err, LogStream::Stderr, meta, logs, tail));
+    }
+    tasks
+}
+
+fn free_port() -> std::io::Result<u16> {
+    // The kernel picks a free ephemeral port; the child binds it right after. The window in which
+    // another process could take it is tiny, and losing it shows as a failed start, not a hang.
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn platform_line(logs: &dyn LogSink, p: &PreparedVersion, instance: &str, line: String) {
+    logs.emit(LogLine {
+        id: 0,
+        at: now_ms(),
+        function: p.spec.name.to_string(),
+        version: p.version.0,
+        instance: instance.to_string(),
+        stream: LogStream::Platform,
+        line,
+    });
+}
+
+#[allow(unsafe_code)]
+fn configure_child(cmd: &mut Command) {
+    // Own process group: stop signals the group, reaching grandchildren too.
+    cmd.process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl and getppid,
+    // which are async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            #[cfg(target_os = "linux")]
+            {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died between fork and prctl.
+                if libc::getppid() == 1 {
+                    return Err(std::io::Error::other(
+                        "server exited while starting the instance",
+                    ));
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+pub async fn start(
+    p: &PreparedVersion,
+    instance_id: &str,
+    logs: Arc<dyn LogSink>,
+    client: Client,
+) -> Result<ProcessInstance, RuntimeError> {
+    let spec = &p.spec;
+    let port = free_port().map_err(|e| RuntimeError::StartFailed(format!("no free port: {e}")))?;
+    let program = resolve_program(&p.dir, &spec.command[0]);
+    let mut cmd = Command::new(&program);
+    cmd.args(&spec.command[1..])
+        .current_dir(&p.dir)
+        .envs(&spec.env)
+        .env("PORT", port.to_string())
+        .env("STRATUS_FUNCTION", spec.name.as_str())
+        .env("STRATUS_VERSION", p.version.to_string())
+        .env("STRATUS_INSTANCE", instance_id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    configure_child(&mut cmd);
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| {
+        let what = if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "command `{}` not found: install it or fix `command` in stratus.toml",
+                spec.command[0]
+            )
+        } else {
+            format!("command `{}` could not start: {e}", spec.command[0])
+        };
+        RuntimeError::StartFailed(what)
+    })?;
+    let pid = child.id().unwrap_or(0) as i32;
+    let tail = OutputTail::default();
+    capture_output(
+        &mut child,
+        spec.name.as_str(),
+        p.version,
+        instance_id,
+        logs.clone(),
+        tail.clone(),
+    );
+    let (health_tx, health_rx) = watch::channel(InstanceHealth::Running);
+    let exited = Arc::new(tokio::sync::Notify::new());
+    {
+        let logs = logs.clone();
+        let p = p.clone();
+        let id = instance_id.to_string();
+        let exited = exited.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let (code, signal) = match &status {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    (s.code(), s.signal())
+                }
+                Err(_) => (None, None),
+            };
+            platform_line(
+                &*logs,
+                &p,
+                &id,
+                match (code, signal) {
+                    (Some(c), _) => format!("instance {id} exited with code {c}"),
+                    (_, Some(s)) => format!("instance {id} killed by signal {s}"),
+                    _ => format!("instance {id} exited"),
+                },
+            );
+            let _ = health_tx.send(InstanceHealth::Exited { code, signal });
+            exited.notify_waiters();
+        });
+    }
+    let inst = ProcessInstance::new(
+        instance_id.to_string(),
+        pid,
+        port,
+        client,
+        health_rx,
+        exited,
+    );
+    match wait_ready(
+        &inst,
+        port,
+        spec.health.path.as_deref(),
+        spec.health.startup_timeout,
+    )
+    .await
+    {
+        Ok(()) => {
+            platform_line(
+                &*logs,
+                p,
+                instance_id,
+                format!(
+                    "instance {instance_id} ready on port {port} in {} ms",
+                    started.elapsed().as_millis()
+                ),
+            );
+            Ok(inst)
+        }
+        Err(why) => {
+            inst.kill_now();
+            // Let the output readers drain what the process wrote before quoting it.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(RuntimeError::StartFailed(format!(
+                "{why}; last output:\n{}",
+                tail.text()
+            )))
+        }
+    }
+}
+
+async fn wait_ready(
+    inst: &ProcessInstance,
+    port: u16,
+    health_path: Option<&str>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut health = inst.health_rx();
+    let mut attempt = 0u32;
+    loop {
+        if let InstanceHealth::Exited { code, signal } = *health.borrow_and_update() {
+            return Err(match (code, signal) {
+                (Some(c), _) => format!("the process exited with code {c} before it was ready"),
+                (_, Some(s)) => format!("the process was killed by signal {s} before it was ready"),
+                _ => "the process exited before it was ready".into(),
+            });
+        }
+        let ready = match health_path {
+            None => tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok(),
+            Some(path) => inst.probe(path).await,
+        };
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(match health_path {
+                None => format!(
+                    "the process did not open port {port} ($PORT) within {timeout:?}: make it listen on the PORT environment variable"
+                ),
+                Some(p) => format!("GET {p} did not answer 2xx within {timeout:?}"),
+            });
+        }
+        // Poll fast at first: cold start time is dominated by how soon we notice readiness.
+        attempt += 1;
+        let pause = Duration::from_millis(if attempt < 200 { 1 } else { 10 });
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = health.changed() => {}
+        }
+    }
+}

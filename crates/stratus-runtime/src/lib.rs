@@ -1,0 +1,109 @@
+//! What the scaler needs from a runtime, and nothing more.
+//!
+//! A [`Runtime`] turns a version into a [`PreparedVersion`] (code on disk, installed or
+//! compiled: done once, cached) and starts [`Instance`]s of it. An instance serves HTTP requests
+//! concurrently until it is stopped or exits. The process runtime's instance is a child process
+//! on `$PORT`; the wasm runtime's will be a pre-instantiated component. Both speak the same
+//! streaming [`Body`], so the gateway never buffers.
+#![forbid(unsafe_code)]
+
+mod code;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use stratus_core::{FunctionSpec, VersionNumber};
+use stratus_store::LogLine;
+
+pub use code::CodeCache;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The data plane's body type: streamed, never collected.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full_body(b: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty_body() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    /// The instance could not be started or never became ready. The message names the cause and
+    /// carries the last lines of its stderr.
+    #[error("{0}")]
+    StartFailed(String),
+    /// Preparing the version's code failed (unpack, install, compile).
+    #[error("{0}")]
+    PrepareFailed(String),
+    /// The instance failed while handling a request (connection refused or reset, crash).
+    #[error("{0}")]
+    Upstream(String),
+}
+
+/// Where captured output goes. Implementations must never block: the runtime calls this from its
+/// output readers.
+pub trait LogSink: Send + Sync + 'static {
+    fn emit(&self, line: LogLine);
+}
+
+/// A version made ready to start instances from.
+#[derive(Debug, Clone)]
+pub struct PreparedVersion {
+    pub spec: Arc<FunctionSpec>,
+    pub version: VersionNumber,
+    /// The unpacked (and installed) code.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceHealth {
+    Running,
+    /// Exited on its own; `code` is the exit code or `None` when killed by a signal.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Makes a version's code ready. Idempotent and cached: a second call is cheap.
+    async fn prepare(
+        &self,
+        spec: Arc<FunctionSpec>,
+        version: VersionNumber,
+        artifact: &str,
+    ) -> Result<PreparedVersion, RuntimeError>;
+
+    /// Starts an instance and returns once it is ready to serve.
+    async fn start(
+        &self,
+        prepared: &PreparedVersion,
+        instance_id: &str,
+    ) -> Result<Arc<dyn Instance>, RuntimeError>;
+}
+
+#[async_trait]
+pub trait Instance: Send + Sync + 'static {
+    fn id(&self) -> &str;
+    /// Serves one request; many may run at once. The request's URI is the path and query the
+    /// function sees.
+    async fn handle(&self, req: http::Request<Body>) -> Result<http::Response<Body>, RuntimeError>;
+    /// A receiver that changes when the instance exits on its own.
+    fn health(&self) -> tokio::sync::watch::Receiver<InstanceHealth>;
+    /// Asks the instance to stop (SIGTERM for processes) and forces it after `grace`.
+    async fn stop(&self, grace: Duration);
+}

@@ -1,0 +1,484 @@
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use stratus_core::{FunctionSpec, VersionNumber, now_ms};
+use stratus_runtime::{Instance, InstanceHealth, PreparedVersion, Runtime};
+use tokio::sync::Notify;
+
+use crate::AcquireError;
+use crate::decide::{Observation, ScaleDecision, decide, restart_backoff};
+
+/// An instance lived less than this before exiting: count it as a crash loop step.
+const CRASH_WINDOW: Duration = Duration::from_secs(10);
+
+struct Slot {
+    instance: Arc<dyn Instance>,
+    in_flight: AtomicU32,
+    draining: AtomicBool,
+    started_at: i64,
+    started: Instant,
+    /// Milliseconds since `started` at which the last request finished.
+    last_used_ms: AtomicU64,
+    served: AtomicU64,
+}
+
+impl Slot {
+    fn idle_for(&self) -> Duration {
+        let used = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(used)
+    }
+}
+
+#[derive(Default)]
+struct PoolState {
+    slots: Vec<Arc<Slot>>,
+    starting: u32,
+    waiting: u32,
+    failures: u32,
+    backoff_until: Option<Instant>,
+    /// Bumped at every failed start, with its reason, so waiters can fail fast.
+    failure_epoch: u64,
+    last_error: Option<String>,
+    crashes: u64,
+    starts: u64,
+}
+
+/// The instances of one version.
+pub struct InstancePool {
+    spec: Arc<FunctionSpec>,
+    version: VersionNumber,
+    artifact: String,
+    runtime: Arc<dyn Runtime>,
+    prepared: tokio::sync::Mutex<Option<PreparedVersion>>,
+    state: Mutex<PoolState>,
+    changed: Notify,
+    routable: AtomicBool,
+    closed: AtomicBool,
+    stop_grace: Duration,
+}
+
+/// One concurrency slot of one instance. Dropping it frees the slot.
+pub struct Lease {
+    slot: Arc<Slot>,
+    pool: Arc<InstancePool>,
+}
+
+impl Lease {
+    pub fn instance(&self) -> &Arc<dyn Instance> {
+        &self.slot.instance
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let s = &self.slot;
+        s.last_used_ms
+            .store(s.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        s.served.fetch_add(1, Ordering::Relaxed);
+        s.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.pool.changed.notify_waiters();
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub state: &'static str,
+    pub in_flight: u32,
+    pub served: u64,
+    pub started_at: i64,
+    pub idle_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub version: VersionNumber,
+    pub instances: Vec<InstanceStatus>,
+    pub starting: u32,
+    pub waiting: u32,
+    pub starts: u64,
+    pub crashes: u64,
+    pub last_error: Option<String>,
+}
+
+struct WaitGuard<'a>(&'a InstancePool);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
+impl InstancePool {
+    pub(crate) fn new(
+        spec: Arc<FunctionSpec>,
+        version: VersionNumber,
+        artifact: String,
+        runtime: Arc<dyn Runtime>,
+        stop_grace: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            spec,
+            version,
+            artifact,
+            runtime,
+            prepared: tokio::sync::Mutex::new(None),
+            state: Mutex::new(PoolState::default()),
+            changed: Notify::new(),
+            routable: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            stop_grace,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn spec(&self) -> &Arc<FunctionSpec> {
+        &self.spec
+    }
+
+    pub fn version(&self) -> VersionNumber {
+        self.version
+    }
+
+    pub(crate) fn set_routable(&self, r: bool) {
+        self.routable.store(r, Ordering::Relaxed);
+    }
+
+    /// The least-loaded ready instance with a free slot, leased.
+    fn try_lease(self: &Arc<Self>, st: &PoolState) -> Option<Lease> {
+        let conc = self.spec.limits.concurrency;
+        let slot = st
+            .slots
+            .iter()
+            .filter(|s| !s.draining.load(Ordering::Relaxed))
+            .map(|s| (s.in_flight.load(Ordering::Acquire), s))
+            .filter(|(n, _)| *n < conc)
+            .min_by_key(|(n, _)| *n)?
+            .1;
+        slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(Lease {
+            slot: slot.clone(),
+            pool: self.clone(),
+        })
+    }
+
+    fn observe(&self, st: &PoolState) -> Observation {
+        let live: Vec<_> = st
+            .slots
+            .iter()
+            .filter(|s| !s.draining.load(Ordering::Relaxed))
+            .collect();
+        Observation {
+            ready: live.len() as u32,
+            starting: st.starting,
+            in_flight: live
+                .iter()
+                .map(|s| s.in_flight.load(Ordering::Acquire))
+                .sum(),
+            waiting: st.waiting,
+            concurrency: self.spec.limits.concurrency,
+            idle: live
+                .iter()
+                .filter(|s| s.in_flight.load(Ordering::Acquire) == 0)
+                .map(|s| (s.instance.id().to_string(), s.idle_for()))
+                .collect(),
+            routable: self.routable.load(Ordering::Relaxed),
+            in_backoff: st.backoff_until.is_some_and(|t| Instant::now() < t),
+        }
+    }
+
+    /// Waits for a free slot until `deadline`, starting instances as the policy allows.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lease, AcquireError> {
+        // Fast path: a free slot, no bookkeeping.
+        if let Some(lease) = self.try_lease(&self.lock()) {
+            return Ok(lease);
+        }
+        let epoch_at_start;
+        {
+            let mut st = self.lock();
+            epoch_at_start = st.failure_epoch;
+            st.waiting += 1;
+        }
+        let _guard = WaitGuard(self);
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(AcquireError::ShuttingDown);
+            }
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let decision = {
+                let st = self.lock();
+                if let Some(lease) = self.try_lease(&st) {
+                    return Ok(lease);
+                }
+                let live = st.slots.iter().any(|s| !s.draining.load(Ordering::Relaxed));
+                if st.failure_epoch != epoch_at_start && st.starting == 0 && !live {
+                    let why = st
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "the instance failed to start".into());
+                    return Err(AcquireError::StartFailed(why));
+                }
+                let obs = self.observe(&st);
+                ScaleDecision {
+                    start: decide(&obs, &self.spec.scaling).start,
+                    stop: vec![],
+                }
+            };
+            self.apply(decision);
+            let backoff = self.lock().backoff_until;
+            let wake = match backoff {
+                Some(t) if t > Instant::now() => tokio::time::Instant::from_std(t).min(deadline),
+                _ => deadline,
+            };
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(AcquireError::Timeout);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a decision: starts in the background, drains and stops idle instances.
+    pub(crate) fn apply(self: &Arc<Self>, d: ScaleDecision) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        if d.start > 0 {
+            self.lock().starting += d.start;
+            for _ in 0..d.start {
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    let _ = pool.start_one_counted().await;
+                });
+            }
+        }
+        for id in d.stop {
+            let slot = {
+                let st = self.lock();
+                let s = st.slots.iter().find(|s| s.instance.id() == id).cloned();
+                // Marked under the lock, so no lease can be taken after the idle check.
+                match s {
+                    Some(s) if s.in_flight.load(Ordering::Acquire) == 0 => {
+                        s.draining.store(true, Ordering::Relaxed);
+                        Some(s)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(slot) = slot {
+                let pool = self.clone();
+                tokio::spawn(async move { pool.drain_and_stop(slot, Duration::ZERO).await });
+            }
+        }
+    }
+
+    /// One scheduling pass: the ticker's entry point.
+    pub(crate) fn tick(self: &Arc<Self>) {
+        let d = {
+            let st = self.lock();
+            decide(&self.observe(&st), &self.spec.scaling)
+        };
+        self.apply(d);
+    }
+
+    async fn prepared(&self) -> Result<PreparedVersion, String> {
+        let mut p = self.prepared.lock().await;
+        if let Some(p) = &*p {
+            return Ok(p.clone());
+        }
+        let prepared = self
+            .runtime
+            .prepare(self.spec.clone(), self.version, &self.artifact)
+            .await
+            .map_err(|e| e.to_string())?;
+        *p = Some(prepared.clone());
+        Ok(prepared)
+    }
+
+    /// Starts one instance now and waits for it (deploy uses this to prove a version works).
+    pub async fn start_one(self: &Arc<Self>) -> Result<(), String> {
+        self.lock().starting += 1;
+        self.start_one_counted().await
+    }
+
+    /// Starts one instance for which `starting` was already counted.
+    async fn start_one_counted(self: &Arc<Self>) -> Result<(), String> {
+        let id = format!(
+            "{}-v{}-{}",
+            self.spec.name,
+            self.version,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let result = match self.prepared().await {
+            Ok(p) => self.runtime.start(&p, &id).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let out = match result {
+            Ok(instance) => {
+                let slot = Arc::new(Slot {
+                    instance,
+                    in_flight: AtomicU32::new(0),
+                    draining: AtomicBool::new(false),
+                    started_at: now_ms(),
+                    started: Instant::now(),
+                    last_used_ms: AtomicU64::new(0),
+                    served: AtomicU64::new(0),
+                });
+                {
+                    let mut st = self.lock();
+                    st.starting -= 1;
+                    st.starts += 1;
+                    if self.closed.load(Ordering::Relaxed) {
+                        slot.draining.store(true, Ordering::Relaxed);
+                    }
+                    st.slots.push(slot.clone());
+                }
+                self.watch_exit(slot);
+                Ok(())
+            }
+            Err(why) => {
+                tracing::warn!(function = %self.spec.name, version = %self.version, "instance start failed: {why}");
+                let mut st = self.lock();
+                st.starting -= 1;
+                st.failures += 1;
+                st.backoff_until = Some(Instant::now() + restart_backoff(st.failures));
+                st.failure_epoch += 1;
+                st.last_error = Some(why.clone());
+                Err(why)
+            }
+        };
+        self.changed.notify_waiters();
+        out
+    }
+
+    /// Removes an instance from the pool when it exits by itself, and backs off restarts when it
+    /// did so soon after starting.
+    fn watch_exit(self: &Arc<Self>, slot: Arc<Slot>) {
+        let pool = Arc::downgrade(self);
+        let mut health = slot.instance.health();
+        tokio::spawn(async move {
+            loop {
+                if let InstanceHealth::Exited { .. } = *health.borrow_and_update() {
+                    break;
+                }
+                if health.changed().await.is_err() {
+                    break;
+                }
+            }
+            let Some(pool) = pool.upgrade() else { return };
+            let expected = slot.draining.load(Ordering::Relaxed);
+            {
+                let mut st = pool.lock();
+                st.slots.retain(|s| !Arc::ptr_eq(s, &slot));
+                if !expected {
+                    st.crashes += 1;
+                    let health = *slot.instance.health().borrow();
+                    st.last_error = Some(format!(
+                        "instance {} exited unexpectedly ({health:?})",
+                        slot.instance.id()
+                    ));
+                    if slot.started.elapsed() < CRASH_WINDOW {
+                        st.failures += 1;
+                    } else {
+                        st.failures = 1;
+                    }
+                    st.backoff_until = Some(Instant::now() + restart_backoff(st.failures));
+                }
+            }
+            if !expected {
+                tracing::warn!(function = %pool.spec.name, version = %pool.version, instance = slot.instance.id(), "instance exited unexpectedly");
+                // Make sure any process it left behind goes too, then let the policy restart.
+                slot.instance.stop(Duration::ZERO).await;
+                pool.changed.notify_waiters();
+                pool.tick();
+            }
+        });
+    }
+
+    async fn drain_and_stop(self: Arc<Self>, slot: Arc<Slot>, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while slot.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            let notified = self.changed.notified();
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        slot.instance.stop(self.stop_grace).await;
+        self.lock().slots.retain(|s| !Arc::ptr_eq(s, &slot));
+    }
+
+    /// Stops taking requests, lets in-flight ones finish (up to the version's timeout), stops every
+    /// instance.
+    pub async fn close(self: &Arc<Self>) {
+        self.closed.store(true, Ordering::Relaxed);
+        let slots: Vec<_> = {
+            let st = self.lock();
+            st.slots
+                .iter()
+                .inspect(|s| s.draining.store(true, Ordering::Relaxed))
+                .cloned()
+                .collect()
+        };
+        self.changed.notify_waiters();
+        let wait = self.spec.limits.timeout;
+        let stops = slots
+            .into_iter()
+            .map(|s| self.clone().drain_and_stop(s, wait));
+        futures_join_all(stops).await;
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let st = self.lock();
+        PoolStatus {
+            version: self.version,
+            instances: st
+                .slots
+                .iter()
+                .map(|s| InstanceStatus {
+                    id: s.instance.id().to_string(),
+                    state: if s.draining.load(Ordering::Relaxed) {
+                        "draining"
+                    } else {
+                        "ready"
+                    },
+                    in_flight: s.in_flight.load(Ordering::Relaxed),
+                    served: s.served.load(Ordering::Relaxed),
+                    started_at: s.started_at,
+                    idle_ms: s.idle_for().as_millis() as u64,
+                })
+                .collect(),
+            starting: st.starting,
+            waiting: st.waiting,
+            starts: st.starts,
+            crashes: st.crashes,
+            last_error: st.last_error.clone(),
+        }
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.lock().slots.len()
+    }
+}
+
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) {
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    for h in handles {
+        let _ = h.await;
+    }
+}

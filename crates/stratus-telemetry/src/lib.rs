@@ -1,0 +1,177 @@
+//! Telemetry that must never slow the request path.
+//!
+//! [`LogHub`] takes log lines from runtimes (instance stdout/stderr, platform lines) through a
+//! bounded channel with `try_send`: when the writer falls behind, lines are dropped and counted,
+//! never waited for. A single task batches them into the [`LogStore`] and prunes by age and size.
+//! The console and `stratus logs --follow` read the store, so a tail works the same in cluster
+//! mode.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use stratus_core::now_ms;
+use stratus_runtime::LogSink;
+use stratus_store::{LogLine, LogStore};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub buffer: usize,
+    pub batch: usize,
+    pub flush_every: Duration,
+    pub retention: Duration,
+    pub max_lines: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            buffer: 16_384,
+            batch: 512,
+            flush_every: Duration::from_millis(100),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_lines: 1_000_000,
+        }
+    }
+}
+
+pub struct LogHub {
+    tx: mpsc::Sender<LogLine>,
+    dropped: AtomicU64,
+    echo: bool,
+}
+
+impl LogHub {
+    /// Starts the writer task. With `echo`, lines are also printed to the server's stderr.
+    pub fn start(store: Arc<dyn LogStore>, config: LogConfig, echo: bool) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(config.buffer);
+        tokio::spawn(writer(store, rx, config));
+        Arc::new(Self {
+            tx,
+            dropped: AtomicU64::new(0),
+            echo,
+        })
+    }
+
+    /// Lines dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything sent so far has been written (for shutdown).
+    pub async fn flush(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.tx.capacity() < self.tx.max_capacity() && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The writer may hold one batch in hand.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+impl LogSink for LogHub {
+    fn emit(&self, line: LogLine) {
+        if self.echo {
+            eprintln!(
+                "[{} v{} {}] {}",
+                line.function, line.version, line.instance, line.line
+            );
+        }
+        if self.tx.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn writer(store: Arc<dyn LogStore>, mut rx: mpsc::Receiver<LogLine>, config: LogConfig) {
+    let mut prune = tokio::time::interval(Duration::from_secs(600));
+    let mut batch = Vec::with_capacity(config.batch);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, config.batch) => {
+                if n == 0 {
+                    return;
+                }
+                // Let a burst accumulate into one transaction.
+                if batch.len() < config.batch {
+                    tokio::time::sleep(config.flush_every).await;
+                    while batch.len() < config.batch {
+                        match rx.try_recv() {
+                            Ok(l) => batch.push(l),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                if let Err(e) = store.append(std::mem::take(&mut batch)).await {
+                    tracing::error!("dropping a batch of log lines: {e}");
+                }
+            }
+            _ = prune.tick() => {
+                let before = now_ms() - config.retention.as_millis() as i64;
+                if let Err(e) = store.prune(before, config.max_lines).await {
+                    tracing::warn!("log retention failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stratus_store::{LogQuery, LogStream};
+    use stratus_store_embedded::SqliteStore;
+
+    use super::*;
+
+    fn line(i: usize) -> LogLine {
+        LogLine {
+            id: 0,
+            at: now_ms(),
+            function: "f".into(),
+            version: 1,
+            instance: "i".into(),
+            stream: LogStream::Stdout,
+            line: format!("l{i}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_reach_the_store_in_order() {
+        let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let hub = LogHub::start(store.clone(), LogConfig::default(), false);
+        for i in 0..1000 {
+            hub.emit(line(i));
+        }
+        hub.flush().await;
+        let got = store
+            .query(LogQuery {
+                function: Some("f".into()),
+                limit: 5000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1000);
+        assert_eq!(got[999].line, "l999");
+        assert_eq!(hub.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn overflow_is_counted_not_waited_for() {
+        let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let config = LogConfig {
+            buffer: 8,
+            flush_every: Duration::from_secs(3600),
+            ..LogConfig::default()
+        };
+        let hub = LogHub::start(store, config, false);
+        for i in 0..100 {
+            hub.emit(line(i));
+        }
+        // At most one buffer's worth is queued and one taken by the writer; the rest is dropped.
+        assert!(hub.dropped() >= 100 - 2 * 8, "got {}", hub.dropped());
+    }
+}
