@@ -73,7 +73,7 @@ impl CodeCache {
         })
         .await
         .map_err(|e| RuntimeError::PrepareFailed(format!("unpack task failed: {e}")))?
-        .map_err(|e| RuntimeError::PrepareFailed(format!("cannot unpack artifact: {e}")))?;
+        .map_err(|e| RuntimeError::InvalidArtifact(e.to_string()))?;
         Ok(dest)
     }
 

@@ -45,6 +45,9 @@ pub enum RuntimeError {
     /// carries the last lines of its stderr.
     #[error("{0}")]
     StartFailed(String),
+    /// The artifact is not an acceptable archive (unsafe paths, links out of the tree, too big).
+    #[error("{0}")]
+    InvalidArtifact(String),
     /// Preparing the version's code failed (unpack, install, compile).
     #[error("{0}")]
     PrepareFailed(String),

@@ -8,14 +8,12 @@ use super::{list, pack_to_vec, read_to_string, write};
 use crate::{ArtifactError, PackSummary, UnpackLimits, measure, pack, unpack};
 
 #[test]
-fn pack_honours_ignore_files_and_keeps_hidden_files() {
+fn pack_honours_ignore_files_outside_git_and_keeps_hidden_files() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(d, ".gitignore", "node_modules/\n*.log\n");
     write(d, ".stratusignore", "secrets.txt\n");
     write(d, ".ignore", "tmp/\n");
-    write(d, ".git/HEAD", "ref: refs/heads/main\n");
-    write(d, ".git/config", "[core]\n");
     write(d, ".env.example", "KEY=\n");
     write(d, "src/main.js", "console.log(1)\n");
     write(d, "node_modules/dep/index.js", "x\n");
@@ -25,7 +23,6 @@ fn pack_honours_ignore_files_and_keeps_hidden_files() {
     write(d, "sub/.gitignore", "local.txt\n");
     write(d, "sub/local.txt", "x\n");
     write(d, "sub/keep.txt", "kept\n");
-    write(d, "sub/.git", "gitdir: ../.git/modules/sub\n"); // submodule pointer file
 
     let entries = list(&pack_to_vec(d));
     assert_eq!(
@@ -42,6 +39,18 @@ fn pack_honours_ignore_files_and_keeps_hidden_files() {
             "sub/keep.txt",
         ]
     );
+}
+
+#[test]
+fn pack_always_skips_git() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, ".git/HEAD", "ref: refs/heads/main\n");
+    write(d, "lib/.git", "gitdir: ../.git/modules/lib\n"); // submodule pointer file
+    write(d, "lib/mod.js", "x\n");
+    write(d, ".gitignore", "*.log\n");
+    write(d, "a.log", "x\n");
+    assert_eq!(list(&pack_to_vec(d)), [".gitignore", "lib", "lib/mod.js"]);
 }
 
 #[test]

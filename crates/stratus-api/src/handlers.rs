@@ -1,0 +1,366 @@
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use stratus_core::{AliasName, FunctionName, Target, VersionNumber, now_ms};
+use stratus_scaler::PoolStatus;
+use stratus_store::{
+    AliasChange, AliasRecord, ChangeReason, FunctionRecord, LogLine, LogQuery, VersionRecord,
+};
+
+use crate::{ApiError, ApiRoutes, AppState, OPENAPI, bad_request};
+
+const ACTOR: &str = "admin";
+
+pub fn register(r: ApiRoutes) -> ApiRoutes {
+    r.add("get", "/api/v1/health", get(health))
+        .add("get", "/api/v1/openapi.json", get(openapi))
+        .add("post", "/api/v1/deploy", post(deploy))
+        .add("get", "/api/v1/functions", get(list_functions))
+        .add("get", "/api/v1/functions/{name}", get(function_info))
+        .add(
+            "delete",
+            "/api/v1/functions/{name}",
+            delete(delete_function),
+        )
+        .add(
+            "get",
+            "/api/v1/functions/{name}/versions",
+            get(list_versions),
+        )
+        .add(
+            "get",
+            "/api/v1/functions/{name}/versions/{version}",
+            get(get_version),
+        )
+        .add(
+            "delete",
+            "/api/v1/functions/{name}/versions/{version}",
+            delete(delete_version),
+        )
+        .add("get", "/api/v1/functions/{name}/aliases", get(list_aliases))
+        .add(
+            "get",
+            "/api/v1/functions/{name}/aliases/{alias}",
+            get(get_alias),
+        )
+        .add(
+            "put",
+            "/api/v1/functions/{name}/aliases/{alias}",
+            put(set_alias),
+        )
+        .add(
+            "get",
+            "/api/v1/functions/{name}/aliases/{alias}/history",
+            get(alias_history),
+        )
+        .add(
+            "post",
+            "/api/v1/functions/{name}/aliases/{alias}/rollback",
+            post(rollback),
+        )
+        .add("get", "/api/v1/functions/{name}/instances", get(instances))
+        .add("get", "/api/v1/functions/{name}/logs", get(logs))
+}
+
+fn function(name: &str) -> Result<FunctionName, ApiError> {
+    FunctionName::new(name).map_err(|e| bad_request(e.to_string()))
+}
+
+fn alias(name: &str) -> Result<AliasName, ApiError> {
+    AliasName::new(name).map_err(|e| bad_request(e.to_string()))
+}
+
+fn version(v: &str) -> Result<VersionNumber, ApiError> {
+    v.parse()
+        .map_err(|e: stratus_core::NameError| bad_request(e.to_string()))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[derive(Deserialize)]
+struct DeployQuery {
+    /// When given, the manifest must name this function.
+    function: Option<String>,
+}
+
+async fn deploy(
+    State(cp): State<AppState>,
+    Query(q): Query<DeployQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let expected = q.function.as_deref().map(function).transpose()?;
+    let stream = body
+        .into_data_stream()
+        .map(|r| r.map_err(std::io::Error::other));
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let out = cp.deploy(Box::new(reader), expected, ACTOR).await?;
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+async fn list_functions(State(cp): State<AppState>) -> Result<Json<Vec<FunctionRecord>>, ApiError> {
+    Ok(Json(cp.store.list_functions().await?))
+}
+
+#[derive(Serialize)]
+struct FunctionInfo {
+    function: FunctionRecord,
+    aliases: Vec<AliasRecord>,
+    versions: Vec<VersionSummary>,
+    pools: Vec<PoolStatus>,
+}
+
+#[derive(Serialize)]
+struct VersionSummary {
+    number: VersionNumber,
+    artifact: String,
+    artifact_size: u64,
+    created_at: i64,
+    runtime: &'static str,
+    routes: Vec<stratus_core::RouteSpec>,
+}
+
+impl From<&VersionRecord> for VersionSummary {
+    fn from(v: &VersionRecord) -> Self {
+        Self {
+            number: v.number,
+            artifact: v.artifact.clone(),
+            artifact_size: v.artifact_size,
+            created_at: v.created_at,
+            runtime: v.spec.runtime.as_str(),
+            routes: v.spec.routes.clone(),
+        }
+    }
+}
+
+async fn function_info(
+    State(cp): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionInfo>, ApiError> {
+    let f = function(&name)?;
+    let record = cp.store.get_function(&f).await?;
+    let aliases = cp.store.list_aliases(&f).await?;
+    let versions = cp.store.list_versions(&f).await?;
+    Ok(Json(FunctionInfo {
+        function: record,
+        aliases,
+        versions: versions.iter().map(VersionSummary::from).collect(),
+        pools: cp.fleet.status(&f),
+    }))
+}
+
+async fn delete_function(
+    State(cp): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let f = function(&name)?;
+    cp.store.delete_function(&f).await?;
+    cp.serving_now().await;
+    cp.fleet.retire(&f, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_versions(
+    State(cp): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<VersionRecord>>, ApiError> {
+    Ok(Json(cp.store.list_versions(&function(&name)?).await?))
+}
+
+async fn get_version(
+    State(cp): State<AppState>,
+    Path((name, v)): Path<(String, String)>,
+) -> Result<Json<VersionRecord>, ApiError> {
+    Ok(Json(
+        cp.store
+            .get_version(&function(&name)?, version(&v)?)
+            .await?,
+    ))
+}
+
+async fn delete_version(
+    State(cp): State<AppState>,
+    Path((name, v)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (f, v) = (function(&name)?, version(&v)?);
+    cp.store.delete_version(&f, v).await?;
+    cp.serving_now().await;
+    cp.fleet.retire(&f, Some(v)).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_aliases(
+    State(cp): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<AliasRecord>>, ApiError> {
+    Ok(Json(cp.store.list_aliases(&function(&name)?).await?))
+}
+
+async fn get_alias(
+    State(cp): State<AppState>,
+    Path((name, a)): Path<(String, String)>,
+) -> Result<Json<AliasRecord>, ApiError> {
+    Ok(Json(
+        cp.store.get_alias(&function(&name)?, &alias(&a)?).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetAlias {
+    version: u32,
+}
+
+async fn set_alias(
+    State(cp): State<AppState>,
+    Path((name, a)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<AliasRecord>, ApiError> {
+    let req: SetAlias = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("expected a JSON body like {{\"version\": 3}}: {e}")))?;
+    let v = version(&req.version.to_string())?;
+    let rec = cp
+        .store
+        .set_alias(
+            &function(&name)?,
+            &alias(&a)?,
+            v,
+            ChangeReason::Manual,
+            ACTOR,
+        )
+        .await?;
+    cp.serving_now().await;
+    Ok(Json(rec))
+}
+
+async fn alias_history(
+    State(cp): State<AppState>,
+    Path((name, a)): Path<(String, String)>,
+) -> Result<Json<Vec<AliasChange>>, ApiError> {
+    Ok(Json(
+        cp.store
+            .alias_history(&function(&name)?, &alias(&a)?)
+            .await?,
+    ))
+}
+
+async fn rollback(
+    State(cp): State<AppState>,
+    Path((name, a)): Path<(String, String)>,
+) -> Result<Json<AliasRecord>, ApiError> {
+    let rec = cp
+        .store
+        .rollback_alias(&function(&name)?, &alias(&a)?, ACTOR)
+        .await?;
+    cp.serving_now().await;
+    Ok(Json(rec))
+}
+
+async fn instances(
+    State(cp): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<PoolStatus>>, ApiError> {
+    let f = function(&name)?;
+    cp.store.get_function(&f).await?;
+    Ok(Json(cp.fleet.status(&f)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    /// How many of the newest lines to return first (default 100).
+    tail: Option<u32>,
+    /// Only lines newer than this duration (`1h`, `15m`).
+    since: Option<String>,
+    /// A version number or alias.
+    version: Option<String>,
+    /// Keep the response open and stream new lines as NDJSON.
+    follow: Option<bool>,
+}
+
+async fn logs(
+    State(cp): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let f = function(&name)?;
+    cp.store.get_function(&f).await?;
+    let since_ms = match &q.since {
+        None => None,
+        Some(s) => Some(
+            now_ms()
+                - humantime::parse_duration(s)
+                    .map_err(|e| bad_request(format!("invalid `since` {s:?}: {e}")))?
+                    .as_millis() as i64,
+        ),
+    };
+    let version = match &q.version {
+        None => None,
+        Some(t) => {
+            let target = Target::parse(t).map_err(|e| bad_request(e.to_string()))?;
+            Some(cp.router.table().version_of(f.as_str(), &target)?.number.0)
+        }
+    };
+    let query = LogQuery {
+        function: Some(f.to_string()),
+        version,
+        after_id: None,
+        since_ms,
+        limit: q.tail.unwrap_or(100).min(10_000),
+    };
+    let first = cp.logs.query(query.clone()).await?;
+    let ndjson = |lines: &[LogLine]| -> String {
+        lines
+            .iter()
+            .map(|l| serde_json::to_string(l).expect("log lines serialize") + "\n")
+            .collect()
+    };
+    let head = ndjson(&first);
+    let resp =
+        |body: Body| ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
+    if !q.follow.unwrap_or(false) {
+        return Ok(resp(Body::from(head)));
+    }
+    // Tail by polling the store: the same code works whichever node wrote the lines.
+    let last = first.last().map(|l| l.id).unwrap_or(0);
+    let logs = cp.logs.clone();
+    let tail =
+        futures_util::stream::unfold((logs, query, last), move |(logs, mut q, last)| async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                q.after_id = Some(last);
+                q.since_ms = None;
+                q.limit = 1000;
+                match logs.query(q.clone()).await {
+                    Ok(lines) if !lines.is_empty() => {
+                        let next = lines.last().map(|l| l.id).unwrap_or(last);
+                        let chunk: String = lines
+                            .iter()
+                            .map(|l| serde_json::to_string(l).expect("serialize") + "\n")
+                            .collect();
+                        return Some((Ok::<_, std::io::Error>(chunk), (logs, q, next)));
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        return Some((Err(std::io::Error::other(e.to_string())), (logs, q, last)));
+                    }
+                }
+            }
+        });
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(tail);
+    Ok(resp(Body::from_stream(stream)))
+}
