@@ -8,7 +8,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use stratus_core::{ErrorCode, PlatformError};
 use stratus_router::Router;
-use stratus_runtime::{Body, RuntimeError, full_body};
+use stratus_runtime::{Body, full_body};
 use stratus_scaler::{AcquireError, Fleet};
 
 use crate::body::{Leased, Limited};
@@ -264,11 +264,7 @@ impl Gateway {
                 );
                 return error_response(&e, &rid);
             }
-            Ok(Err(
-                RuntimeError::Upstream(why)
-                | RuntimeError::StartFailed(why)
-                | RuntimeError::PrepareFailed(why),
-            )) => {
+            Ok(Err(why)) => {
                 tracing::warn!(function = %spec.name, version = %version.number, "upstream error: {why}");
                 let e = PlatformError::new(
                     ErrorCode::UpstreamError,

@@ -1,0 +1,235 @@
+//! `stratus serve`: builds the embedded backends and the services on them, and runs both
+//! listeners until a signal, then shuts down in order: stop accepting, drain, stop instances,
+//! flush logs. This is the only place that names concrete backends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use stratus_api::{ApiConfig, ControlPlane};
+use stratus_core::RuntimeKind;
+use stratus_gateway::Gateway;
+use stratus_router::{Router, RoutingTable};
+use stratus_runtime::{CodeCache, LogSink, Runtime};
+use stratus_runtime_process::ProcessRuntime;
+use stratus_scaler::{Fleet, FleetConfig};
+use stratus_store::{BlobStore, LogStore, Metastore};
+use stratus_store_embedded::{LocalBlobStore, SqliteStore};
+use stratus_telemetry::{LogConfig, LogHub};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cli::{ENV_API_LISTEN, ENV_DATA_DIR, ENV_LISTEN};
+use crate::client::{TOKEN_FILE, default_data_dir};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address of the gateway (data plane).
+    #[arg(long, env = ENV_LISTEN, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the control-plane API.
+    #[arg(long, env = ENV_API_LISTEN, default_value = "127.0.0.1:8081")]
+    pub api_listen: SocketAddr,
+    /// Where functions, versions, artifacts and logs are kept.
+    #[arg(long, env = ENV_DATA_DIR)]
+    pub data_dir: Option<PathBuf>,
+    /// Deploy these folders once serving (a function folder, or a folder of them).
+    #[arg(long, value_name = "DIR")]
+    pub deploy: Vec<PathBuf>,
+    /// Also print instance output to this terminal.
+    #[arg(long)]
+    pub echo_logs: bool,
+    /// How long in-flight requests get to finish at shutdown.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Largest deploy archive accepted, in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub max_artifact_mib: u64,
+}
+
+/// Reads the admin token, creating it (mode 0600) on first start.
+fn admin_token(dir: &Path) -> Result<String> {
+    let path = dir.join(TOKEN_FILE);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_string());
+    }
+    let token: [u8; 32] = rand::random();
+    let token = hex::encode(token);
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("failed to create {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    Ok(token)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Function folders under `path`: itself if it has a manifest, else its children that do.
+fn function_dirs(path: &Path) -> Vec<PathBuf> {
+    if path.join(stratus_manifest::MANIFEST_FILE).exists() {
+        return vec![path.to_path_buf()];
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(stratus_manifest::MANIFEST_FILE).exists())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+async fn deploy_bundled(cp: Arc<ControlPlane>, paths: Vec<PathBuf>, gateway: SocketAddr) {
+    for dir in paths.iter().flat_map(|p| function_dirs(p)) {
+        let started = std::time::Instant::now();
+        let result = async {
+            let spec = crate::deploy::manifest(&dir)?;
+            crate::deploy::build(&dir, &spec).await?;
+            let archive = crate::deploy::pack(&dir, false).await?;
+            let file = tokio::fs::File::open(archive.path()).await?;
+            cp.deploy(Box::new(file), Some(spec.name.clone()), "serve --deploy")
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        .await;
+        match result {
+            Ok(out) => tracing::info!(
+                "deployed {} version {} from {} in {:.1}s: http://{gateway}/fn/{}/",
+                out.function,
+                out.version,
+                dir.display(),
+                started.elapsed().as_secs_f64(),
+                out.function
+            ),
+            Err(e) => tracing::error!("deploying {} failed: {e:#}", dir.display()),
+        }
+    }
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let data = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data)
+        .with_context(|| format!("failed to create the data dir {}", data.display()))?;
+    let token = admin_token(&data)?;
+
+    // Backends: the embedded default.
+    let sqlite = Arc::new(
+        SqliteStore::open(&data.join("stratus.db")).context("failed to open the metastore")?,
+    );
+    let store: Arc<dyn Metastore> = sqlite.clone();
+    let logs: Arc<dyn LogStore> = sqlite;
+    let blobs: Arc<dyn BlobStore> = Arc::new(
+        LocalBlobStore::open(data.join("blobs")).context("failed to open the blob store")?,
+    );
+    let code = Arc::new(CodeCache::new(
+        data.join("code"),
+        blobs.clone(),
+        Default::default(),
+    )?);
+    let hub = LogHub::start(logs.clone(), LogConfig::default(), args.echo_logs);
+    let sink: Arc<dyn LogSink> = hub.clone();
+
+    // Services.
+    let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(code.clone(), sink));
+    let fleet = Fleet::new(
+        HashMap::from([(RuntimeKind::Process, process)]),
+        FleetConfig::default(),
+    );
+    let ticker = fleet.spawn_ticker();
+    let router = Router::new(RoutingTable::default());
+    router
+        .refresh(&*store)
+        .await
+        .context("failed to load the routing table")?;
+    let routes_fleet = fleet.clone();
+    let follower = router.follow(store.clone(), move |t| {
+        routes_fleet.set_routable(t.routable_versions().collect())
+    });
+
+    let cp = ControlPlane::new(
+        store.clone(),
+        blobs,
+        logs,
+        code,
+        fleet.clone(),
+        router.clone(),
+        ApiConfig {
+            max_artifact_bytes: args.max_artifact_mib * 1024 * 1024,
+            admin_token: token,
+        },
+    );
+
+    let gateway_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let api_listener = TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--api-listen)", args.api_listen))?;
+    let functions = store.list_functions().await?.len();
+    let gateway_addr = gateway_listener.local_addr()?;
+    tracing::info!(
+        "stratus serving functions on http://{} and the API on http://{}; data in {} ({functions} functions)",
+        gateway_listener.local_addr()?,
+        api_listener.local_addr()?,
+        data.display()
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let gw = tokio::spawn(stratus_gateway::serve(
+        gateway_listener,
+        Gateway::new(router, fleet.clone()),
+        stopped(stop_rx.clone()),
+        args.drain_timeout,
+    ));
+    let api_app = stratus_api::app(cp.clone());
+    let api_stop = stopped(stop_rx.clone());
+    let api = tokio::spawn(async move {
+        axum::serve(api_listener, api_app.into_make_service())
+            .with_graceful_shutdown(api_stop)
+            .await
+    });
+    if !args.deploy.is_empty() {
+        tokio::spawn(deploy_bundled(cp, args.deploy.clone(), gateway_addr));
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let _ = gw.await;
+    // The API's open streams (log follows) must not hold shutdown up.
+    let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    follower.abort();
+    ticker.abort();
+    tracing::info!("stopping {} instances", fleet.instance_count());
+    fleet.shutdown().await;
+    hub.flush().await;
+    tracing::info!("stopped");
+    Ok(())
+}
