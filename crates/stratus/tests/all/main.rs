@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `stratus` binary, started as a user would start it, driven over
+//! HTTP and through its CLI. One test binary (wasmtime's layout) keeps link time down.
+
+mod harness;
+
+mod api;
+mod deploy;
+mod examples;
+mod faults;
+mod gateway;
+mod lifecycle;
+mod scaling;
