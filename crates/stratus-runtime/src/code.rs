@@ -65,7 +65,7 @@ impl CodeCache {
             .open(digest)
             .await
             .map_err(|e| RuntimeError::PrepareFailed(format!("cannot read artifact: {e}")))?;
-        let limits = self.limits.clone();
+        let limits = self.limits;
         let target = dest.clone();
         tokio::task::spawn_blocking(move || {
             let sync = tokio_util::io::SyncIoBridge::new(reader);

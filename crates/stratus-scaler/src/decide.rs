@@ -52,7 +52,7 @@ pub fn decide(obs: &Observation, scaling: &Scaling) -> ScaleDecision {
             .filter(|(_, d)| *d >= scaling.idle_timeout)
             .collect();
         // Longest idle first.
-        idle.sort_by(|a, b| b.1.cmp(&a.1));
+        idle.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
         let keep = floor.max(obs.in_flight.div_ceil(conc));
         let removable = obs.ready.saturating_sub(keep) as usize;
         stop = idle

@@ -43,7 +43,7 @@ async fn openapi_documents_exactly_the_real_routes() {
             .replace("{version}", "1")
             .replace("{alias}", "latest");
         let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let mut req = s.api_req(m, &url.trim_start_matches("/api/v1").to_string());
+        let mut req = s.api_req(m, url.trim_start_matches("/api/v1"));
         if method == "put" {
             req = req.json(&serde_json::json!({"version": 1}));
         }

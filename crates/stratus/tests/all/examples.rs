@@ -49,5 +49,6 @@ async fn dev_redeploys_on_change() {
     })
     .await;
     let _ = dev.kill();
+    let _ = dev.wait();
     assert_eq!(v2.expect("dev redeployed after the change")["version"], "2");
 }

@@ -103,8 +103,7 @@ impl Server {
     }
 
     pub fn deploy(&self, dir: &Path) -> Cli {
-        let out = self.cli(&["deploy", dir.to_str().unwrap()]);
-        out
+        self.cli(&["deploy", dir.to_str().unwrap()])
     }
 
     pub fn kill9(&mut self) {
