@@ -9,12 +9,14 @@ use axum::routing::{delete, get, post, put};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use stratus_core::{AliasName, FunctionName, Target, VersionNumber, now_ms};
+use stratus_core::{AliasName, FunctionName, Target, TrafficPolicy, VersionNumber, now_ms};
 use stratus_scaler::PoolStatus;
 use stratus_store::{
-    AliasChange, AliasRecord, ChangeReason, FunctionRecord, LogLine, LogQuery, VersionRecord,
+    AliasChange, AliasRecord, ChangeReason, FunctionRecord, LogLine, LogQuery, Release,
+    VersionRecord,
 };
 
+use crate::release::NewRelease;
 use crate::{ApiError, ApiRoutes, AppState, OPENAPI, bad_request};
 
 const ACTOR: &str = "admin";
@@ -65,6 +67,26 @@ pub fn register(r: ApiRoutes) -> ApiRoutes {
             "post",
             "/api/v1/functions/{name}/aliases/{alias}/rollback",
             post(rollback),
+        )
+        .add(
+            "get",
+            "/api/v1/functions/{name}/aliases/{alias}/shadow",
+            get(alias_shadow),
+        )
+        .add(
+            "get",
+            "/api/v1/functions/{name}/releases",
+            get(list_releases),
+        )
+        .add(
+            "post",
+            "/api/v1/functions/{name}/releases",
+            post(start_release),
+        )
+        .add(
+            "post",
+            "/api/v1/functions/{name}/releases/{id}/abort",
+            post(abort_release),
         )
         .add("get", "/api/v1/functions/{name}/instances", get(instances))
         .add("get", "/api/v1/functions/{name}/logs", get(logs))
@@ -218,10 +240,12 @@ async fn get_alias(
     ))
 }
 
+/// `{"version": 3}`, or a whole traffic policy (`weights`, `rules`, `sticky`, `shadow`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetAlias {
-    version: u32,
+#[serde(untagged)]
+enum SetAlias {
+    Version { version: u32 },
+    Policy(TrafficPolicy),
 }
 
 async fn set_alias(
@@ -229,21 +253,64 @@ async fn set_alias(
     Path((name, a)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Json<AliasRecord>, ApiError> {
-    let req: SetAlias = serde_json::from_slice(&body)
-        .map_err(|e| bad_request(format!("expected a JSON body like {{\"version\": 3}}: {e}")))?;
-    let v = version(&req.version.to_string())?;
+    let req: SetAlias = serde_json::from_slice(&body).map_err(|e| {
+        bad_request(format!(
+            "expected {{\"version\": 3}} or a traffic policy like {{\"weights\": [{{\"version\": 3, \"weight\": 90}}, {{\"version\": 4, \"weight\": 10}}]}}: {e}"
+        ))
+    })?;
+    let policy = match req {
+        SetAlias::Version { version: v } => TrafficPolicy::single(version(&v.to_string())?),
+        SetAlias::Policy(p) => p,
+    };
     let rec = cp
         .store
-        .set_alias(
+        .set_alias_policy(
             &function(&name)?,
             &alias(&a)?,
-            v,
+            policy,
             ChangeReason::Manual,
+            None,
             ACTOR,
         )
         .await?;
     cp.serving_now().await;
     Ok(Json(rec))
+}
+
+async fn alias_shadow(
+    State(cp): State<AppState>,
+    Path((name, a)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (f, al) = (function(&name)?, alias(&a)?);
+    let rec = cp.store.get_alias(&f, &al).await?;
+    Ok(Json(
+        json!({"shadow": rec.policy.shadow, "results": cp.shadows.summaries(f.as_str(), al.as_str())}),
+    ))
+}
+
+async fn start_release(
+    State(cp): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Release>), ApiError> {
+    let req: NewRelease = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("expected a release like {{\"alias\": \"release\", \"to\": 5, \"steps\": [10, 50, 100], \"interval\": \"1m\"}}: {e}")))?;
+    let r = cp.start_release(&function(&name)?, req).await?;
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+async fn list_releases(
+    State(cp): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Release>>, ApiError> {
+    Ok(Json(cp.store.list_releases(&function(&name)?).await?))
+}
+
+async fn abort_release(
+    State(cp): State<AppState>,
+    Path((name, id)): Path<(String, i64)>,
+) -> Result<Json<Release>, ApiError> {
+    Ok(Json(cp.abort_release(&function(&name)?, id).await?))
 }
 
 async fn alias_history(

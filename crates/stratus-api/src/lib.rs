@@ -8,6 +8,7 @@
 
 mod deploy;
 mod handlers;
+pub mod release;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use stratus_router::Router as RoutingRouter;
 use stratus_runtime::CodeCache;
 use stratus_scaler::Fleet;
 use stratus_store::{BlobStore, LogStore, Metastore};
+use stratus_telemetry::stats::{ShadowRegistry, TrafficStats};
 
 pub use deploy::DeployOutcome;
 
@@ -35,7 +37,20 @@ pub struct ApiConfig {
     pub admin_token: String,
 }
 
-/// Everything the control plane works with. The binary builds it from concrete backends.
+/// What the control plane is built from. The binary fills it with concrete backends.
+pub struct ControlPlaneDeps {
+    pub store: Arc<dyn Metastore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub logs: Arc<dyn LogStore>,
+    pub code: Arc<CodeCache>,
+    pub fleet: Arc<Fleet>,
+    pub router: Arc<RoutingRouter>,
+    pub stats: Arc<TrafficStats>,
+    pub shadows: Arc<ShadowRegistry>,
+    pub config: ApiConfig,
+}
+
+/// Everything the control plane works with.
 pub struct ControlPlane {
     pub store: Arc<dyn Metastore>,
     pub blobs: Arc<dyn BlobStore>,
@@ -43,28 +58,24 @@ pub struct ControlPlane {
     pub code: Arc<CodeCache>,
     pub fleet: Arc<Fleet>,
     pub router: Arc<RoutingRouter>,
+    pub stats: Arc<TrafficStats>,
+    pub shadows: Arc<ShadowRegistry>,
     pub config: ApiConfig,
     deploy_locks: tokio::sync::Mutex<HashMap<FunctionName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ControlPlane {
-    pub fn new(
-        store: Arc<dyn Metastore>,
-        blobs: Arc<dyn BlobStore>,
-        logs: Arc<dyn LogStore>,
-        code: Arc<CodeCache>,
-        fleet: Arc<Fleet>,
-        router: Arc<RoutingRouter>,
-        config: ApiConfig,
-    ) -> Arc<Self> {
+    pub fn new(d: ControlPlaneDeps) -> Arc<Self> {
         Arc::new(Self {
-            store,
-            blobs,
-            logs,
-            code,
-            fleet,
-            router,
-            config,
+            store: d.store,
+            blobs: d.blobs,
+            logs: d.logs,
+            code: d.code,
+            fleet: d.fleet,
+            router: d.router,
+            stats: d.stats,
+            shadows: d.shadows,
+            config: d.config,
             deploy_locks: Default::default(),
         })
     }

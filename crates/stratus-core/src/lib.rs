@@ -7,11 +7,17 @@
 mod error;
 mod names;
 mod spec;
+pub mod traffic;
 
 pub use error::{ErrorCode, PlatformError};
 pub use names::{AliasName, FunctionName, LATEST, NameError, Target, VersionNumber};
 pub use spec::{
-    Build, FunctionSpec, Health, Limits, RouteSpec, RuntimeKind, Scaling, duration_serde,
+    Build, FunctionSpec, Health, HostPattern, Limits, RouteSpec, RuntimeKind, Scaling,
+    duration_serde,
+};
+pub use traffic::{
+    MatchOp, MatchSource, Matcher, PolicyError, RouteRule, RuleTarget, Shadow, Sticky,
+    TrafficPolicy, WeightedVersion,
 };
 
 /// Milliseconds since the Unix epoch, the one timestamp format of the store and the API.

@@ -28,6 +28,14 @@ fn check_name(kind: &str, s: &str, max: usize) -> Result<(), NameError> {
 #[serde(try_from = "String", into = "String")]
 pub struct FunctionName(String);
 
+/// Lets maps keyed by name be searched with a `&str` (no allocation on the request path). Hash
+/// and Eq are derived from the one `String` field, so they agree with `str`'s.
+impl std::borrow::Borrow<str> for FunctionName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl FunctionName {
     pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
         let s = s.into();

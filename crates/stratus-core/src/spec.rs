@@ -14,13 +14,16 @@ use crate::{AliasName, FunctionName};
 pub enum RuntimeKind {
     /// Any program that serves HTTP on `$PORT`.
     Process,
+    /// A WebAssembly component exporting `wasi:http/incoming-handler`, instantiated per request.
+    Wasm,
 }
 
 impl RuntimeKind {
-    pub const ALL: &'static [&'static str] = &["process"];
+    pub const ALL: &'static [&'static str] = &["process", "wasm"];
     pub fn as_str(&self) -> &'static str {
         match self {
             RuntimeKind::Process => "process",
+            RuntimeKind::Wasm => "wasm",
         }
     }
 }
@@ -29,7 +32,8 @@ impl RuntimeKind {
 pub struct FunctionSpec {
     pub name: FunctionName,
     pub runtime: RuntimeKind,
-    /// Program and arguments, run in the version's folder.
+    /// Program and arguments, run in the version's folder. For `wasm`, one element: the
+    /// component file, relative to the version's folder (the manifest's `component`).
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
@@ -48,6 +52,26 @@ pub struct Limits {
     pub concurrency: u32,
     /// Largest request body accepted (413 past it).
     pub max_body_bytes: u64,
+    /// Linear memory one instance may grow to (`wasm` only; 500 past it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Where an instance may send HTTP requests (`wasm` only; everything else is denied), as
+    /// `scheme://host[:port]` patterns (the manifest's top-level `allowed_outbound_hosts`).
+    ///
+    /// These two live in `Limits`, not beside `command`, because they are sandbox limits and so
+    /// that code building a `FunctionSpec` by hand keeps compiling with `Limits::default()`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+impl Limits {
+    /// Concurrency per instance when the manifest does not say: a wasm instance is only a
+    /// compiled component, and every request gets its own store, so one instance can take many.
+    pub const WASM_CONCURRENCY: u32 = 1000;
+    /// Memory per wasm instance when the manifest does not say.
+    pub const WASM_MEMORY_BYTES: u64 = 128 * 1024 * 1024;
+    /// The largest `limits.memory`: a 32-bit linear memory cannot grow past 4 GiB.
+    pub const WASM_MAX_MEMORY_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 }
 
 impl Default for Limits {
@@ -56,6 +80,8 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             concurrency: 50,
             max_body_bytes: 32 * 1024 * 1024,
+            memory_bytes: None,
+            allowed_outbound_hosts: Vec::new(),
         }
     }
 }
@@ -115,6 +141,93 @@ pub struct Build {
     pub install: Option<Vec<String>>,
 }
 
+/// One entry of `allowed_outbound_hosts`: `scheme://host[:port]`, where the scheme is `http`,
+/// `https` or `*`, the host is a name, an IP, `*` or `*.suffix`, and the port is a number or
+/// `*`. Without a port only the scheme's default port (80, 443) matches, so
+/// `https://api.example.com` does not open `http://api.example.com:8080` (Spin's rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    /// `None` is `*`.
+    scheme: Option<String>,
+    host: String,
+    port: PortPattern,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortPattern {
+    Default,
+    Any,
+    Exactly(u16),
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid outbound host \"{s}\": {why}; write scheme://host[:port], like \"https://api.example.com\", \"http://127.0.0.1:8080\" or \"https://*.example.com\""
+            )
+        };
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let scheme = match scheme {
+            "*" => None,
+            "http" | "https" => Some(scheme.to_string()),
+            _ => return Err(bad("the scheme must be http, https or *")),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(bad(
+                "only a scheme, a host and a port are allowed, not a path",
+            ));
+        }
+        // An IPv6 literal is bracketed; its colons are not a port separator.
+        let (host, port) = match rest.rfind(':') {
+            Some(i) if !rest[i..].contains(']') => (&rest[..i], Some(&rest[i + 1..])),
+            _ => (rest, None),
+        };
+        let port = match port {
+            None => PortPattern::Default,
+            Some("*") => PortPattern::Any,
+            Some(p) => {
+                PortPattern::Exactly(p.parse().map_err(|_| bad("the port is not a number"))?)
+            }
+        };
+        let host = host.to_ascii_lowercase();
+        let wild_ok = host == "*" || host.strip_prefix("*.").is_some_and(|r| !r.contains('*'));
+        if host.is_empty() || (host.contains('*') && !wild_ok) {
+            return Err(bad("the host must be a name, an IP address, * or *.domain"));
+        }
+        Ok(Self { scheme, host, port })
+    }
+
+    /// Whether a request to `scheme://host:port` is allowed by this pattern.
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        if self.scheme.as_deref().is_some_and(|s| s != scheme) {
+            return false;
+        }
+        let port_ok = match self.port {
+            PortPattern::Any => true,
+            PortPattern::Exactly(p) => p == port,
+            PortPattern::Default => match scheme {
+                "http" => port == 80,
+                "https" => port == 443,
+                _ => false,
+            },
+        };
+        let host = host.to_ascii_lowercase();
+        let host_ok = if self.host == "*" {
+            true
+        } else if let Some(suffix) = self.host.strip_prefix("*.") {
+            // `*.example.com` is any subdomain, not `example.com` itself.
+            host.strip_suffix(suffix)
+                .and_then(|h| h.strip_suffix('.'))
+                .is_some_and(|h| !h.is_empty())
+        } else {
+            self.host == host
+        };
+        port_ok && host_ok
+    }
+}
+
 /// Durations as humantime strings (`"30s"`, `"5m"`) on the wire.
 pub mod duration_serde {
     use std::time::Duration;
@@ -132,5 +245,88 @@ pub mod duration_serde {
                 "invalid duration `{s}` ({e}): write a number and a unit, like \"500ms\", \"30s\" or \"5m\""
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostPattern;
+
+    #[test]
+    fn outbound_patterns_match_scheme_host_and_port() {
+        let cases = [
+            (
+                "https://api.example.com",
+                "https",
+                "api.example.com",
+                443,
+                true,
+            ),
+            (
+                "https://API.example.com/",
+                "https",
+                "api.Example.com",
+                443,
+                true,
+            ),
+            (
+                "https://api.example.com",
+                "http",
+                "api.example.com",
+                80,
+                false,
+            ),
+            (
+                "https://api.example.com",
+                "https",
+                "api.example.com",
+                8443,
+                false,
+            ),
+            ("https://api.example.com", "https", "evil.com", 443, false),
+            ("http://127.0.0.1:8080", "http", "127.0.0.1", 8080, true),
+            ("http://127.0.0.1:8080", "http", "127.0.0.1", 8081, false),
+            ("*://127.0.0.1:*", "https", "127.0.0.1", 1, true),
+            (
+                "https://*.example.com",
+                "https",
+                "a.b.example.com",
+                443,
+                true,
+            ),
+            ("https://*.example.com", "https", "example.com", 443, false),
+            (
+                "https://*.example.com",
+                "https",
+                "badexample.com",
+                443,
+                false,
+            ),
+            ("*://*:*", "http", "anything", 9, true),
+            ("http://[::1]:8080", "http", "[::1]", 8080, true),
+        ];
+        for (pattern, scheme, host, port, expected) in cases {
+            let p = HostPattern::parse(pattern).unwrap();
+            assert_eq!(
+                p.allows(scheme, host, port),
+                expected,
+                "{pattern} vs {scheme}://{host}:{port}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_outbound_patterns_say_why() {
+        for (p, why) in [
+            ("api.example.com", "no scheme"),
+            ("ftp://x", "scheme must be"),
+            ("https://x/path", "not a path"),
+            ("https://x:port", "not a number"),
+            ("https://a*b.com", "the host must be"),
+            ("https://", "the host must be"),
+        ] {
+            let e = HostPattern::parse(p).unwrap_err();
+            assert!(e.contains(why), "{p}: {e}");
+        }
     }
 }

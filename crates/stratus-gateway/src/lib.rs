@@ -19,7 +19,9 @@
 mod body;
 mod proxy;
 mod server;
+mod shadow;
 mod trace;
+mod view;
 
 pub use proxy::Gateway;
 pub use server::serve;

@@ -1,18 +1,23 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use stratus_core::{ErrorCode, PlatformError};
-use stratus_router::Router;
+use stratus_router::{Router, ShadowTarget};
 use stratus_runtime::{Body, full_body};
 use stratus_scaler::{AcquireError, Fleet};
+use stratus_store::VersionRecord;
+use stratus_telemetry::stats::{ShadowRegistry, TrafficStats};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::body::{Leased, Limited};
+use crate::shadow::{Hashed, PrimaryOutcome, Tee, run_mirror};
 use crate::trace::TraceContext;
+use crate::view::HttpView;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -96,19 +101,84 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
+/// Mirrors in flight at once on this node; past it, mirrors are dropped and counted.
+const MIRROR_SLOTS: usize = 256;
+/// Request-body chunks buffered for a mirror before it is abandoned.
+const MIRROR_BUFFER: usize = 64;
+
 /// The data plane's request handler. Cheap to clone; shared by every connection.
 #[derive(Clone)]
 pub struct Gateway {
     router: Arc<Router>,
     fleet: Arc<Fleet>,
+    stats: Arc<TrafficStats>,
+    shadows: Arc<ShadowRegistry>,
+    mirror_slots: Arc<Semaphore>,
+}
+
+fn platform_error(e: PlatformError, rid: &HeaderValue) -> (Response<Body>, Option<Served>) {
+    (error_response(&e, rid), None)
+}
+
+/// What served a request, for the statistics.
+struct Served {
+    version: Arc<VersionRecord>,
+    mirror: Option<oneshot::Sender<PrimaryOutcome>>,
+    compare_body: bool,
 }
 
 impl Gateway {
-    pub fn new(router: Arc<Router>, fleet: Arc<Fleet>) -> Self {
-        Self { router, fleet }
+    pub fn new(
+        router: Arc<Router>,
+        fleet: Arc<Fleet>,
+        stats: Arc<TrafficStats>,
+        shadows: Arc<ShadowRegistry>,
+    ) -> Self {
+        Self {
+            router,
+            fleet,
+            stats,
+            shadows,
+            mirror_slots: Arc::new(Semaphore::new(MIRROR_SLOTS)),
+        }
     }
 
     pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<stratus_runtime::BoxError>,
+    {
+        let started = Instant::now();
+        let (resp, served) = self.serve(req, peer).await;
+        let Some(served) = served else { return resp };
+        let status = resp.status().as_u16();
+        let elapsed = started.elapsed();
+        self.stats.record(
+            served.version.function.as_str(),
+            served.version.number.0,
+            status,
+            elapsed,
+        );
+        match served.mirror {
+            None => resp,
+            Some(tx) if !served.compare_body => {
+                let _ = tx.send((status, None, elapsed));
+                resp
+            }
+            Some(tx) => resp.map(|inner| {
+                Hashed {
+                    inner,
+                    hasher: Some(Default::default()),
+                    done: Some(tx),
+                    status,
+                    elapsed,
+                }
+                .boxed_unsync()
+            }),
+        }
+    }
+
+    async fn serve<B>(&self, req: Request<B>, peer: SocketAddr) -> (Response<Body>, Option<Served>)
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<stratus_runtime::BoxError>,
@@ -123,15 +193,22 @@ impl Gateway {
             .map(|t| t.child())
             .unwrap_or_else(TraceContext::new_root);
 
-        // 2. Routing.
+        // 2. Routing: the alias's rules, then its weights (sticky or random).
         let host = host_of(&req);
-        let table = self.router.table();
-        let resolved = match table.resolve(host.as_deref(), req.uri().path()) {
-            Ok(r) => r,
-            Err(e) => return error_response(&e.into(), &rid),
+        let random: u32 = rand::random();
+        let resolved = {
+            let table = self.router.table();
+            let view = HttpView {
+                headers: req.headers(),
+                query: req.uri().query(),
+                peer: peer.ip(),
+            };
+            match table.resolve(host.as_deref(), req.uri().path(), &view, random) {
+                Ok(r) => r,
+                Err(e) => return platform_error(e.into(), &rid),
+            }
         };
-        drop(table);
-        let version = resolved.version;
+        let version = resolved.version.clone();
         let spec = &version.spec;
 
         // 3. Body limit, up front where the length is declared.
@@ -141,16 +218,23 @@ impl Gateway {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            let e = PlatformError::new(
+        let too_large = || {
+            PlatformError::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
                     "request body is larger than the limit of {limit} bytes of `{}`",
                     spec.name
                 ),
-            );
-            return error_response(&e, &rid);
+            )
+        };
+        if declared.is_some_and(|n| n > limit) {
+            return platform_error(too_large(), &rid);
         }
+        let mut served = Served {
+            version: version.clone(),
+            mirror: None,
+            compare_body: false,
+        };
 
         // 4. A slot on an instance, within the function's timeout.
         let timeout = spec.limits.timeout;
@@ -178,7 +262,7 @@ impl Gateway {
                         PlatformError::new(ErrorCode::ShuttingDown, "the server is shutting down")
                     }
                 };
-                return error_response(&err, &rid);
+                return (error_response(&err, &rid), Some(served));
             }
         };
 
@@ -192,8 +276,8 @@ impl Gateway {
         parts.uri = match format!("{}{query}", resolved.path).parse() {
             Ok(u) => u,
             Err(e) => {
-                return error_response(
-                    &PlatformError::new(ErrorCode::BadRequest, format!("bad path: {e}")),
+                return platform_error(
+                    PlatformError::new(ErrorCode::BadRequest, format!("bad path: {e}")),
                     &rid,
                 );
             }
@@ -230,12 +314,15 @@ impl Gateway {
             h.insert(header::HOST, v);
         }
         let exceeded = Arc::new(AtomicBool::new(false));
-        let body = Limited {
+        let mut body = Limited {
             inner: body,
             remaining: limit,
             exceeded: exceeded.clone(),
         }
         .boxed_unsync();
+        if let Some(target) = resolved.shadow.filter(|s| random / 7 % 100 < s.percent) {
+            body = self.start_mirror(target, &parts, body, &mut served);
+        }
         let upstream = Request::from_parts(parts, body);
         let remaining = deadline
             .saturating_duration_since(tokio::time::Instant::now())
@@ -252,17 +339,10 @@ impl Gateway {
                         spec.name
                     ),
                 );
-                return error_response(&e, &rid);
+                return (error_response(&e, &rid), Some(served));
             }
             Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
-                let e = PlatformError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "request body is larger than the limit of {limit} bytes of `{}`",
-                        spec.name
-                    ),
-                );
-                return error_response(&e, &rid);
+                return (error_response(&too_large(), &rid), Some(served));
             }
             Ok(Err(why)) => {
                 tracing::warn!(function = %spec.name, version = %version.number, "upstream error: {why}");
@@ -273,7 +353,7 @@ impl Gateway {
                         spec.name, version.number
                     ),
                 );
-                return error_response(&e, &rid);
+                return (error_response(&e, &rid), Some(served));
             }
             Ok(Ok(resp)) => resp,
         };
@@ -287,13 +367,72 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(spec.name.as_str()) {
             h.insert(X_STRATUS_FUNCTION.clone(), v);
         }
-        resp.map(|inner| {
-            Leased {
-                inner,
-                _lease: lease,
-            }
-            .boxed_unsync()
-        })
+        (
+            resp.map(|inner| {
+                Leased {
+                    inner,
+                    _lease: lease,
+                }
+                .boxed_unsync()
+            }),
+            Some(served),
+        )
+    }
+
+    /// Starts mirroring this request to the alias's shadow version (if the mirror budget allows)
+    /// and returns the body to send to the primary.
+    fn start_mirror(
+        &self,
+        target: ShadowTarget,
+        parts: &http::request::Parts,
+        body: Body,
+        served: &mut Served,
+    ) -> Body {
+        let stats = self.shadows.get(
+            target.version.function.as_str(),
+            target.alias.as_str(),
+            target.version.number.0,
+        );
+        let Ok(permit) = self.mirror_slots.clone().try_acquire_owned() else {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return body;
+        };
+        let mut mirror_parts = Request::new(()).into_parts().0;
+        mirror_parts.method = parts.method.clone();
+        mirror_parts.uri = parts.uri.clone();
+        mirror_parts.headers = parts.headers.clone();
+        mirror_parts
+            .headers
+            .insert("x-stratus-shadow", HeaderValue::from_static("1"));
+        let has_body = !http_body::Body::is_end_stream(&body);
+        let (body, body_rx) = if has_body {
+            let (tx, rx) = mpsc::channel(MIRROR_BUFFER);
+            let aborted = Arc::new(AtomicBool::new(false));
+            (
+                Tee {
+                    inner: body,
+                    tx: Some(tx),
+                    aborted: aborted.clone(),
+                }
+                .boxed_unsync(),
+                Some((rx, aborted)),
+            )
+        } else {
+            (body, None)
+        };
+        let (tx, rx) = oneshot::channel();
+        served.mirror = Some(tx);
+        served.compare_body = target.compare_body;
+        tokio::spawn(run_mirror(
+            self.fleet.clone(),
+            target,
+            mirror_parts,
+            body_rx,
+            rx,
+            stats,
+            permit,
+        ));
+        body
     }
 }
 

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod locate;
+mod runtime;
 mod schema;
 
 use std::fmt;

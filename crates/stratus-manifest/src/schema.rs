@@ -12,7 +12,7 @@ use stratus_core::{
 
 pub const CURRENT_MANIFEST_VERSION: u32 = 1;
 
-type Invalid = (String, String);
+pub(crate) type Invalid = (String, String);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +22,10 @@ pub struct Manifest {
     pub name: String,
     pub runtime: RuntimeKind,
     pub command: Option<Command>,
+    /// `wasm`: the component file, relative to the function folder.
+    pub component: Option<String>,
+    /// `wasm`: where the component may send HTTP requests; nowhere when absent.
+    pub allowed_outbound_hosts: Option<Vec<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
@@ -59,6 +63,8 @@ pub struct LimitsToml {
     pub timeout: Option<String>,
     pub concurrency: Option<i64>,
     pub max_body: Option<String>,
+    /// `wasm`: how far one instance's linear memory may grow.
+    pub memory: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,7 +97,7 @@ pub struct BuildToml {
     pub install: Option<Command>,
 }
 
-fn invalid(key: &str, msg: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(key: &str, msg: impl Into<String>) -> Invalid {
     (key.to_string(), msg.into())
 }
 
@@ -107,7 +113,13 @@ fn duration(key: &str, v: &Option<String>, default: Duration) -> Result<Duration
     }
 }
 
-fn count(key: &str, v: Option<i64>, default: u32, min: i64, max: i64) -> Result<u32, Invalid> {
+pub(crate) fn count(
+    key: &str,
+    v: Option<i64>,
+    default: u32,
+    min: i64,
+    max: i64,
+) -> Result<u32, Invalid> {
     match v {
         None => Ok(default),
         Some(n) if (min..=max).contains(&n) => Ok(n as u32),
@@ -137,7 +149,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
-fn args(key: &str, c: &Option<Command>) -> Result<Option<Vec<String>>, Invalid> {
+pub(crate) fn args(key: &str, c: &Option<Command>) -> Result<Option<Vec<String>>, Invalid> {
     match c {
         None => Ok(None),
         Some(c) => {
@@ -167,16 +179,7 @@ impl Manifest {
         }
         let name =
             FunctionName::new(self.name.clone()).map_err(|e| invalid("name", e.to_string()))?;
-        let command = args("command", &self.command)?;
-        let command = match (self.runtime, command) {
-            (RuntimeKind::Process, Some(c)) => c,
-            (RuntimeKind::Process, None) => {
-                return Err(invalid(
-                    "runtime",
-                    "runtime \"process\" needs a `command`, like command = [\"node\", \"server.js\"]",
-                ));
-            }
-        };
+        let runtime = crate::runtime::RuntimeChecks::new(&self)?;
         for k in self.env.keys() {
             let ok = !k.is_empty()
                 && !k.starts_with(|c: char| c.is_ascii_digit())
@@ -189,7 +192,7 @@ impl Manifest {
                     ),
                 ));
             }
-            if k == "PORT" {
+            if k == "PORT" && self.runtime == RuntimeKind::Process {
                 return Err(invalid(
                     "env.PORT",
                     "PORT is set by the platform for each instance and cannot be overridden",
@@ -212,14 +215,10 @@ impl Manifest {
         }
         let limits = Limits {
             timeout,
-            concurrency: count(
-                "limits.concurrency",
-                self.limits.concurrency,
-                defaults.concurrency,
-                1,
-                10_000,
-            )?,
+            concurrency: runtime.concurrency(self.limits.concurrency)?,
             max_body_bytes,
+            memory_bytes: runtime.memory_bytes(self.limits.memory.as_deref())?,
+            allowed_outbound_hosts: runtime.allowed_outbound_hosts()?,
         };
         let sd = Scaling::default();
         let scaling = Scaling {
@@ -301,7 +300,7 @@ impl Manifest {
         Ok(FunctionSpec {
             name,
             runtime: self.runtime,
-            command,
+            command: runtime.command,
             env: self.env,
             limits,
             scaling,

@@ -6,6 +6,7 @@
 //! reads routing state with one atomic load.
 #![forbid(unsafe_code)]
 
+mod policy;
 mod table;
 
 use std::sync::Arc;
@@ -15,7 +16,10 @@ use arc_swap::ArcSwap;
 use stratus_store::Metastore;
 use tokio::sync::watch;
 
-pub use table::{Resolved, RouteError, RoutingTable, conflicting_route, parse_fn_path};
+pub use policy::{CompiledPolicy, NoRequest, RequestView};
+pub use table::{
+    Resolved, RouteError, RoutingTable, ShadowTarget, conflicting_route, parse_fn_path,
+};
 
 pub struct Router {
     table: ArcSwap<RoutingTable>,

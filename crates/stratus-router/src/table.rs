@@ -6,9 +6,11 @@ use stratus_core::{
 };
 use stratus_store::{RoutingSnapshot, VersionRecord};
 
+use crate::policy::{Choice, CompiledPolicy, NoRequest, RequestView, RuleTargetRef};
+
 #[derive(Debug)]
 struct FunctionEntry {
-    aliases: HashMap<AliasName, VersionNumber>,
+    aliases: HashMap<AliasName, Arc<CompiledPolicy>>,
     versions: HashMap<VersionNumber, Arc<VersionRecord>>,
 }
 
@@ -29,6 +31,15 @@ pub struct RoutingTable {
     routes: Vec<RouteEntry>,
 }
 
+/// A mirror of the request to send, as the alias's shadow policy asks.
+#[derive(Debug, Clone)]
+pub struct ShadowTarget {
+    pub version: Arc<VersionRecord>,
+    pub percent: u32,
+    pub compare_body: bool,
+    pub alias: AliasName,
+}
+
 /// Where a request goes.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -40,6 +51,7 @@ pub struct Resolved {
     pub stripped_prefix: String,
     /// The path the function sees.
     pub path: String,
+    pub shadow: Option<ShadowTarget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,8 +115,8 @@ impl RoutingTable {
         for f in snap.functions {
             let aliases: HashMap<_, _> = f
                 .aliases
-                .iter()
-                .map(|a| (a.name.clone(), a.version))
+                .into_iter()
+                .map(|a| (a.name, Arc::new(CompiledPolicy::compile(a.policy))))
                 .collect();
             let versions: HashMap<_, _> = f
                 .versions
@@ -112,10 +124,10 @@ impl RoutingTable {
                 .map(|v| (v.number, Arc::new(v)))
                 .collect();
             // Routes are declared by the manifest `latest` points at: the newest deploy decides.
-            if let Some(latest) = aliases
+            let latest = aliases
                 .get(&AliasName::latest())
-                .and_then(|n| versions.get(n))
-            {
+                .map(|p| p.policy.primary());
+            if let Some(latest) = latest.and_then(|n| versions.get(&n)) {
                 for r in &latest.spec.routes {
                     routes.push(RouteEntry {
                         host: r.host.clone(),
@@ -144,44 +156,116 @@ impl RoutingTable {
         self.functions.keys()
     }
 
-    /// Versions that some alias points at.
+    /// Versions that some alias can send traffic to.
     pub fn routable_versions(&self) -> impl Iterator<Item = (FunctionName, VersionNumber)> + '_ {
-        self.functions
-            .iter()
-            .flat_map(|(name, f)| f.aliases.values().map(move |v| (name.clone(), *v)))
+        self.functions.iter().flat_map(|(name, f)| {
+            f.aliases.values().flat_map(move |p| {
+                p.policy
+                    .versions()
+                    .into_iter()
+                    .map(move |v| (name.clone(), v))
+            })
+        })
     }
 
-    /// The version a function's target resolves to.
-    pub fn version_of(
-        &self,
-        function: &str,
-        target: &Target,
-    ) -> Result<Arc<VersionRecord>, RouteError> {
-        let f = FunctionName::new(function)
+    fn entry(&self, function: &str) -> Result<&FunctionEntry, RouteError> {
+        FunctionName::new(function)
             .ok()
             .and_then(|n| self.functions.get(&n))
-            .ok_or_else(|| RouteError::FunctionNotFound(function.to_string()))?;
-        let number = match target {
-            Target::Version(v) => *v,
-            Target::Alias(a) => *f
-                .aliases
-                .get(a)
-                .ok_or_else(|| RouteError::AliasNotFound(function.to_string(), a.to_string()))?,
-        };
+            .ok_or_else(|| RouteError::FunctionNotFound(function.to_string()))
+    }
+
+    fn version(
+        f: &FunctionEntry,
+        function: &str,
+        number: VersionNumber,
+    ) -> Result<Arc<VersionRecord>, RouteError> {
         f.versions
             .get(&number)
             .cloned()
             .ok_or_else(|| RouteError::VersionNotFound(function.to_string(), number))
     }
 
-    /// Resolves a request. `host` is the request's host without port, lowercased.
-    pub fn resolve(&self, host: Option<&str>, path: &str) -> Result<Resolved, RouteError> {
+    /// The version a target resolves to for a request that carries nothing (an alias's primary
+    /// version when it splits).
+    pub fn version_of(
+        &self,
+        function: &str,
+        target: &Target,
+    ) -> Result<Arc<VersionRecord>, RouteError> {
+        let f = self.entry(function)?;
+        let number = match target {
+            Target::Version(v) => *v,
+            Target::Alias(a) => f
+                .aliases
+                .get(a)
+                .ok_or_else(|| RouteError::AliasNotFound(function.to_string(), a.to_string()))?
+                .policy
+                .primary(),
+        };
+        Self::version(f, function, number)
+    }
+
+    /// Applies an alias's policy to a request: rules first, then weights (sticky or random).
+    fn choose(
+        &self,
+        function: &str,
+        alias: &AliasName,
+        req: &dyn RequestView,
+        random: u32,
+    ) -> Result<(Arc<VersionRecord>, Option<ShadowTarget>), RouteError> {
+        let f = self.entry(function)?;
+        let policy = f
+            .aliases
+            .get(alias)
+            .ok_or_else(|| RouteError::AliasNotFound(function.to_string(), alias.to_string()))?;
+        // The sticky hash is salted per alias so aliases bucket keys independently.
+        let salt = if policy.sticky().is_some() {
+            format!("{function}@{alias}")
+        } else {
+            String::new()
+        };
+        let number = match policy.choose(req, random, &salt) {
+            Choice::Weight(v) | Choice::Rule(_, RuleTargetRef::Version(v)) => v,
+            Choice::Rule(i, RuleTargetRef::Alias) => {
+                // Another alias's weights, not its rules: rule chains cannot loop.
+                let other = policy.rule_alias(i).expect("alias rule");
+                let op = f.aliases.get(other).ok_or_else(|| {
+                    RouteError::AliasNotFound(function.to_string(), other.to_string())
+                })?;
+                op.pick_weighted(req, random, &format!("{function}@{other}"))
+            }
+        };
+        let shadow = match policy.shadow() {
+            Some(s) => Some(ShadowTarget {
+                version: Self::version(f, function, s.version)?,
+                percent: s.percent,
+                compare_body: s.compare_body,
+                alias: alias.clone(),
+            }),
+            None => None,
+        };
+        Ok((Self::version(f, function, number)?, shadow))
+    }
+
+    /// Resolves a request. `host` is the request's host without port, lowercased; `random` is
+    /// any random number (the weighted choice when no stickiness key decides).
+    pub fn resolve(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        req: &dyn RequestView,
+        random: u32,
+    ) -> Result<Resolved, RouteError> {
         if let Some((name, target, prefix_len)) = parse_fn_path(path) {
             let target = match target {
                 None => Target::default(),
                 Some(t) => Target::parse(t).map_err(|e| RouteError::BadTarget(e.to_string()))?,
             };
-            let version = self.version_of(name, &target)?;
+            let (version, shadow) = match &target {
+                Target::Version(v) => (Self::version(self.entry(name)?, name, *v)?, None),
+                Target::Alias(a) => self.choose(name, a, req, random)?,
+            };
             let rest = &path[prefix_len..];
             return Ok(Resolved {
                 version,
@@ -192,6 +276,7 @@ impl RoutingTable {
                 } else {
                     rest.to_string()
                 },
+                shadow,
             });
         }
         let route = self
@@ -201,14 +286,19 @@ impl RoutingTable {
                 r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.path, path)
             })
             .ok_or_else(|| RouteError::NoRoute(path.to_string()))?;
-        let target = Target::Alias(route.alias.clone());
-        let version = self.version_of(route.function.as_str(), &target)?;
+        let (version, shadow) = self.choose(route.function.as_str(), &route.alias, req, random)?;
         Ok(Resolved {
             version,
-            target,
+            target: Target::Alias(route.alias.clone()),
             stripped_prefix: String::new(),
             path: path.to_string(),
+            shadow,
         })
+    }
+
+    /// Like [`resolve`](Self::resolve) for a request that carries nothing.
+    pub fn resolve_plain(&self, host: Option<&str>, path: &str) -> Result<Resolved, RouteError> {
+        self.resolve(host, path, &NoRequest, 0)
     }
 }
 
@@ -263,6 +353,7 @@ mod tests {
             function: FunctionName::new(f).unwrap(),
             name: AliasName::new(a).unwrap(),
             version: VersionNumber(v),
+            policy: stratus_core::TrafficPolicy::single(VersionNumber(v)),
             updated_at: 0,
         }
     }
@@ -304,7 +395,7 @@ mod tests {
     }
 
     fn served(t: &RoutingTable, host: Option<&str>, path: &str) -> (String, u32, String, String) {
-        let r = t.resolve(host, path).unwrap();
+        let r = t.resolve_plain(host, path).unwrap();
         (
             r.version.function.to_string(),
             r.version.number.0,
@@ -338,23 +429,23 @@ mod tests {
     fn unknown_things_are_named() {
         let t = table();
         assert_eq!(
-            t.resolve(None, "/fn/nope/").unwrap_err(),
+            t.resolve_plain(None, "/fn/nope/").unwrap_err(),
             RouteError::FunctionNotFound("nope".into())
         );
         assert_eq!(
-            t.resolve(None, "/fn/hello@beta/").unwrap_err(),
+            t.resolve_plain(None, "/fn/hello@beta/").unwrap_err(),
             RouteError::AliasNotFound("hello".into(), "beta".into())
         );
         assert_eq!(
-            t.resolve(None, "/fn/hello@9/").unwrap_err(),
+            t.resolve_plain(None, "/fn/hello@9/").unwrap_err(),
             RouteError::VersionNotFound("hello".into(), VersionNumber(9))
         );
         assert!(matches!(
-            t.resolve(None, "/fn/hello@B!/").unwrap_err(),
+            t.resolve_plain(None, "/fn/hello@B!/").unwrap_err(),
             RouteError::BadTarget(_)
         ));
         assert_eq!(
-            t.resolve(None, "/nothing").unwrap_err(),
+            t.resolve_plain(None, "/nothing").unwrap_err(),
             RouteError::NoRoute("/nothing".into())
         );
     }

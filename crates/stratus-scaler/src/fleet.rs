@@ -26,10 +26,13 @@ impl Default for FleetConfig {
     }
 }
 
-/// Every instance pool of this node, by version.
+type Pools = HashMap<FunctionName, HashMap<VersionNumber, Arc<InstancePool>>>;
+
+/// Every instance pool of this node, by function and version.
 pub struct Fleet {
     runtimes: HashMap<RuntimeKind, Arc<dyn Runtime>>,
-    pools: Mutex<HashMap<VersionKey, Arc<InstancePool>>>,
+    /// By name first, so the request path looks a pool up by `&str` without allocating.
+    pools: Mutex<Pools>,
     routable: Mutex<HashSet<VersionKey>>,
     config: FleetConfig,
 }
@@ -44,8 +47,15 @@ impl Fleet {
         })
     }
 
-    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<VersionKey, Arc<InstancePool>>> {
+    fn pools(&self) -> std::sync::MutexGuard<'_, Pools> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn all(&self) -> Vec<Arc<InstancePool>> {
+        self.pools()
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
     }
 
     /// The pool of a version, created on first use.
@@ -55,8 +65,11 @@ impl Fleet {
         version: VersionNumber,
         artifact: &str,
     ) -> Arc<InstancePool> {
-        let key = (spec.name.clone(), version);
-        if let Some(p) = self.pools().get(&key) {
+        if let Some(p) = self
+            .pools()
+            .get(spec.name.as_str())
+            .and_then(|m| m.get(&version))
+        {
             return p.clone();
         }
         let runtime = self
@@ -69,6 +82,7 @@ impl Fleet {
                     spec.runtime
                 )
             });
+        let key = (spec.name.clone(), version);
         let routable = self
             .routable
             .lock()
@@ -76,7 +90,9 @@ impl Fleet {
             .contains(&key);
         let mut pools = self.pools();
         pools
-            .entry(key)
+            .entry(key.0)
+            .or_default()
+            .entry(version)
             .or_insert_with(|| {
                 let p = InstancePool::new(
                     Arc::new(spec.clone()),
@@ -109,8 +125,10 @@ impl Fleet {
 
     /// Tells the fleet which versions aliases point at; only those keep their `min` instances.
     pub fn set_routable(&self, keys: HashSet<VersionKey>) {
-        for (k, p) in self.pools().iter() {
-            p.set_routable(keys.contains(k));
+        for (f, m) in self.pools().iter() {
+            for (v, p) in m {
+                p.set_routable(keys.contains(&(f.clone(), *v)));
+            }
         }
         *self.routable.lock().unwrap_or_else(|p| p.into_inner()) = keys;
     }
@@ -119,12 +137,17 @@ impl Fleet {
     pub async fn retire(&self, function: &FunctionName, version: Option<VersionNumber>) {
         let gone: Vec<_> = {
             let mut pools = self.pools();
-            let keys: Vec<_> = pools
-                .keys()
-                .filter(|(f, v)| f == function && version.is_none_or(|want| want == *v))
-                .cloned()
-                .collect();
-            keys.into_iter().filter_map(|k| pools.remove(&k)).collect()
+            let Some(m) = pools.get_mut(function) else {
+                return;
+            };
+            let out = match version {
+                Some(v) => m.remove(&v).into_iter().collect(),
+                None => m.drain().map(|(_, p)| p).collect(),
+            };
+            if m.is_empty() {
+                pools.remove(function);
+            }
+            out
         };
         for p in gone {
             p.close().await;
@@ -134,16 +157,15 @@ impl Fleet {
     pub fn status(&self, function: &FunctionName) -> Vec<PoolStatus> {
         let mut out: Vec<_> = self
             .pools()
-            .iter()
-            .filter(|((f, _), _)| f == function)
-            .map(|(_, p)| p.status())
-            .collect();
+            .get(function)
+            .map(|m| m.values().map(|p| p.status()).collect())
+            .unwrap_or_default();
         out.sort_by_key(|s| s.version);
         out
     }
 
     pub fn instance_count(&self) -> usize {
-        self.pools().values().map(|p| p.instance_count()).sum()
+        self.all().iter().map(|p| p.instance_count()).sum()
     }
 
     /// Runs the scaling loop until the fleet is dropped.
@@ -156,8 +178,7 @@ impl Fleet {
             loop {
                 tick.tick().await;
                 let Some(fleet) = fleet.upgrade() else { return };
-                let pools: Vec<_> = fleet.pools().values().cloned().collect();
-                for p in pools {
+                for p in fleet.all() {
                     p.tick();
                 }
             }
@@ -166,7 +187,11 @@ impl Fleet {
 
     /// Stops every instance, letting in-flight requests finish first.
     pub async fn shutdown(&self) {
-        let all: Vec<_> = self.pools().drain().map(|(_, p)| p).collect();
+        let all: Vec<_> = self
+            .pools()
+            .drain()
+            .flat_map(|(_, m)| m.into_values())
+            .collect();
         let handles: Vec<_> = all
             .into_iter()
             .map(|p| tokio::spawn(async move { p.close().await }))

@@ -4,13 +4,15 @@
 
 use std::collections::BTreeMap;
 
+use stratus_core::traffic::syntax;
 use stratus_core::{
     AliasName, Build, FunctionName, FunctionSpec, Health, Limits, RuntimeKind, Scaling,
-    VersionNumber,
+    TrafficPolicy, VersionNumber, now_ms,
 };
 
 use crate::{
-    ChangeReason, LogLine, LogQuery, LogStore, LogStream, Metastore, NewVersion, StoreError,
+    ChangeReason, LogLine, LogQuery, LogStore, LogStream, Metastore, NewVersion, Release,
+    ReleaseState, StoreError,
 };
 
 fn spec(name: &str) -> FunctionSpec {
@@ -212,6 +214,159 @@ pub async fn metastore(store: &dyn Metastore) {
     ));
     // A re-created function starts again from 1.
     assert_eq!(deploy(store, "conf-a").await, VersionNumber(1));
+
+    policies(store).await;
+    releases(store).await;
+}
+
+fn policy(weights: &[&str]) -> TrafficPolicy {
+    let w: Vec<String> = weights.iter().map(|s| s.to_string()).collect();
+    TrafficPolicy {
+        weights: syntax::weights(&w).unwrap(),
+        rules: vec![],
+        sticky: None,
+        shadow: None,
+    }
+}
+
+async fn policies(store: &dyn Metastore) {
+    let f = FunctionName::new("conf-p").unwrap();
+    let release = AliasName::new("release").unwrap();
+    let canary = AliasName::new("canary").unwrap();
+    for _ in 0..3 {
+        deploy(store, "conf-p").await;
+    }
+    let set = |a: &AliasName, p: TrafficPolicy| {
+        let a = a.clone();
+        let f = f.clone();
+        async move {
+            store
+                .set_alias_policy(&f, &a, p, ChangeReason::Manual, None, "t")
+                .await
+        }
+    };
+
+    // Weighted over several versions; the primary is the heaviest.
+    let rec = set(&release, policy(&["2=10", "1=90"])).await.unwrap();
+    assert_eq!(rec.version, VersionNumber(1));
+    assert_eq!(rec.policy.weights.len(), 2);
+    assert_eq!(
+        store.get_alias(&f, &release).await.unwrap().policy,
+        rec.policy,
+        "stored as given, canonical order"
+    );
+
+    // Bad policies change nothing.
+    let bad = set(&release, policy(&["1=50", "2=40"])).await;
+    assert!(
+        matches!(bad, Err(StoreError::InvalidPolicy(_))),
+        "got {bad:?}"
+    );
+    let missing = set(&release, policy(&["1=50", "9=50"])).await;
+    assert!(
+        matches!(missing, Err(StoreError::VersionNotFound(..))),
+        "got {missing:?}"
+    );
+    let mut with_rule = policy(&["1"]);
+    with_rule
+        .rules
+        .push(syntax::rule("header:x-tenant-id in t1,t7 -> canary").unwrap());
+    let unknown_alias = set(&release, with_rule.clone()).await;
+    assert!(
+        matches!(unknown_alias, Err(StoreError::AliasNotFound(..))),
+        "got {unknown_alias:?}"
+    );
+    let mut self_ref = policy(&["1"]);
+    self_ref
+        .rules
+        .push(syntax::rule("header:a=b -> release").unwrap());
+    assert!(matches!(
+        set(&release, self_ref).await,
+        Err(StoreError::InvalidPolicy(_))
+    ));
+    assert_eq!(
+        store.get_alias(&f, &release).await.unwrap().policy,
+        rec.policy
+    );
+
+    // Rules may point at other aliases; the shadow version counts as in use.
+    set(&canary, policy(&["3"])).await.unwrap();
+    with_rule.shadow = Some(syntax::shadow("2:10%", true).unwrap());
+    set(&release, with_rule.clone()).await.unwrap();
+    let in_use = store.delete_version(&f, VersionNumber(2)).await;
+    assert!(
+        matches!(in_use, Err(StoreError::AliasInUse { .. })),
+        "shadow versions are in use: {in_use:?}"
+    );
+
+    // Rollback restores the whole previous policy.
+    let back = store.rollback_alias(&f, &release, "t").await.unwrap();
+    assert_eq!(back.policy, rec.policy);
+    let h = store.alias_history(&f, &release).await.unwrap();
+    assert_eq!(h.last().unwrap().from_policy.as_ref(), Some(&with_rule));
+    assert_eq!(h.last().unwrap().to_policy, rec.policy);
+
+    // Notes are kept with the change.
+    store
+        .set_alias_policy(
+            &f,
+            &release,
+            policy(&["1=75", "3=25"]),
+            ChangeReason::Progressive,
+            Some("step 2 of 4".into()),
+            "controller",
+        )
+        .await
+        .unwrap();
+    let h = store.alias_history(&f, &release).await.unwrap();
+    let last = h.last().unwrap();
+    assert_eq!(
+        (last.reason, last.note.as_deref(), last.actor.as_str()),
+        (ChangeReason::Progressive, Some("step 2 of 4"), "controller")
+    );
+}
+
+async fn releases(store: &dyn Metastore) {
+    let f = FunctionName::new("conf-p").unwrap();
+    let release = AliasName::new("release").unwrap();
+    let new = Release {
+        id: 0,
+        function: f.clone(),
+        alias: release.clone(),
+        stable: VersionNumber(1),
+        target: VersionNumber(3),
+        steps: vec![10, 50, 100],
+        step: 0,
+        interval_ms: 60_000,
+        max_error_rate: 0.01,
+        max_p99_ms: Some(500),
+        state: ReleaseState::Running,
+        actor: "t".into(),
+        created_at: now_ms(),
+        updated_at: now_ms(),
+        step_started_at: now_ms(),
+        events: vec![],
+    };
+    let mut r = store.create_release(new.clone()).await.unwrap();
+    assert!(r.id > 0);
+    let again = store.create_release(new.clone()).await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict(_))),
+        "one running release per alias: {again:?}"
+    );
+    assert_eq!(store.running_releases().await.unwrap().len(), 1);
+    r.step = 1;
+    r.state = ReleaseState::Promoted;
+    store.update_release(&r).await.unwrap();
+    assert!(store.running_releases().await.unwrap().is_empty());
+    let listed = store.list_releases(&f).await.unwrap();
+    assert_eq!(listed, vec![r.clone()]);
+    let second = store.create_release(new).await.unwrap();
+    assert_eq!(
+        store.list_releases(&f).await.unwrap()[0].id,
+        second.id,
+        "newest first"
+    );
 }
 
 /// Runs the log store contract.

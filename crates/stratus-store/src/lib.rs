@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use stratus_core::{
-    AliasName, ErrorCode, FunctionName, FunctionSpec, PlatformError, VersionNumber,
+    AliasName, ErrorCode, FunctionName, FunctionSpec, PlatformError, TrafficPolicy, VersionNumber,
 };
 use tokio::io::AsyncRead;
 
@@ -44,6 +44,10 @@ pub enum StoreError {
     NoHistory(String, String),
     #[error("{0}")]
     Conflict(String),
+    /// A traffic policy that cannot be applied (unknown alias in a rule, a rule pointing at its
+    /// own alias).
+    #[error("{0}")]
+    InvalidPolicy(String),
     #[error("blob {0} does not exist")]
     BlobNotFound(String),
     #[error("storage backend failed: {0}")]
@@ -59,6 +63,7 @@ impl From<StoreError> for PlatformError {
             StoreError::AliasInUse { .. } => ErrorCode::AliasInUse,
             StoreError::NoHistory(..) => ErrorCode::NoHistory,
             StoreError::Conflict(_) => ErrorCode::Conflict,
+            StoreError::InvalidPolicy(_) => ErrorCode::BadRequest,
             StoreError::BlobNotFound(_) | StoreError::Backend(_) => ErrorCode::Internal,
         };
         PlatformError::new(code, e.to_string())
@@ -109,6 +114,27 @@ pub trait Metastore: Send + Sync + 'static {
         version: VersionNumber,
         reason: ChangeReason,
         actor: &str,
+    ) -> Result<AliasRecord> {
+        self.set_alias_policy(
+            name,
+            alias,
+            TrafficPolicy::single(version),
+            reason,
+            None,
+            actor,
+        )
+        .await
+    }
+    /// Gives an alias a (validated) traffic policy. Every version it names must exist, and every
+    /// alias its rules name must exist and not be this one. Recorded in the history, atomically.
+    async fn set_alias_policy(
+        &self,
+        name: &FunctionName,
+        alias: &AliasName,
+        policy: TrafficPolicy,
+        reason: ChangeReason,
+        note: Option<String>,
+        actor: &str,
     ) -> Result<AliasRecord>;
     /// Moves an alias back to the target it had before its current one. Rollbacks are history
     /// entries too, and undo one step each: two rollbacks go back two steps.
@@ -124,6 +150,16 @@ pub trait Metastore: Send + Sync + 'static {
         name: &FunctionName,
         alias: &AliasName,
     ) -> Result<Vec<AliasChange>>;
+
+    /// Records a new progressive release; refused with [`StoreError::Conflict`] while another one
+    /// runs on the same alias.
+    async fn create_release(&self, release: Release) -> Result<Release>;
+    /// Saves a release's progress (step, state, events).
+    async fn update_release(&self, release: &Release) -> Result<()>;
+    /// A function's releases, newest first.
+    async fn list_releases(&self, name: &FunctionName) -> Result<Vec<Release>>;
+    /// Releases still running, on every function (what a restarted controller resumes).
+    async fn running_releases(&self) -> Result<Vec<Release>>;
 
     /// Everything the router needs, read consistently.
     async fn routing_snapshot(&self) -> Result<RoutingSnapshot>;

@@ -1,5 +1,5 @@
 use serde::{Deserialize, Serialize};
-use stratus_core::{AliasName, FunctionName, FunctionSpec, VersionNumber};
+use stratus_core::{AliasName, FunctionName, FunctionSpec, TrafficPolicy, VersionNumber};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunctionRecord {
@@ -25,7 +25,9 @@ pub struct VersionRecord {
 pub struct AliasRecord {
     pub function: FunctionName,
     pub name: AliasName,
+    /// The policy's primary version (the one with the largest weight).
     pub version: VersionNumber,
+    pub policy: TrafficPolicy,
     pub updated_at: i64,
 }
 
@@ -35,6 +37,8 @@ pub enum ChangeReason {
     Deploy,
     Manual,
     Rollback,
+    /// A step of a progressive release (or its promotion, rollback or abort).
+    Progressive,
 }
 
 impl ChangeReason {
@@ -43,6 +47,7 @@ impl ChangeReason {
             ChangeReason::Deploy => "deploy",
             ChangeReason::Manual => "manual",
             ChangeReason::Rollback => "rollback",
+            ChangeReason::Progressive => "progressive",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -50,6 +55,7 @@ impl ChangeReason {
             "deploy" => ChangeReason::Deploy,
             "manual" => ChangeReason::Manual,
             "rollback" => ChangeReason::Rollback,
+            "progressive" => ChangeReason::Progressive,
             _ => return None,
         })
     }
@@ -63,25 +69,82 @@ pub struct AliasChange {
     pub alias: AliasName,
     pub from: Option<VersionNumber>,
     pub to: VersionNumber,
+    pub from_policy: Option<TrafficPolicy>,
+    pub to_policy: TrafficPolicy,
     pub reason: ChangeReason,
+    /// Why, in words, when there is more to say than the reason (a release step's metrics).
+    pub note: Option<String>,
     pub actor: String,
     pub at: i64,
 }
 
 /// Where an alias should go if rolled back now, derived from its history: the history is an undo
-/// stack where deploys and manual sets push, and rollbacks pop. Pure, so every backend shares it.
-pub fn rollback_target(history: &[AliasChange]) -> Option<VersionNumber> {
-    let mut stack: Vec<VersionNumber> = Vec::new();
+/// stack where every change pushes and rollbacks pop. Pure, so every backend shares it.
+pub fn rollback_target(history: &[AliasChange]) -> Option<TrafficPolicy> {
+    let mut stack: Vec<&TrafficPolicy> = Vec::new();
     for c in history {
         match c.reason {
             ChangeReason::Rollback => {
                 stack.pop();
             }
-            _ => stack.push(c.to),
+            _ => stack.push(&c.to_policy),
         }
     }
     stack.pop()?;
-    stack.last().copied()
+    stack.last().map(|p| (*p).clone())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseState {
+    Running,
+    Promoted,
+    RolledBack,
+    Aborted,
+}
+
+impl ReleaseState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReleaseState::Running => "running",
+            ReleaseState::Promoted => "promoted",
+            ReleaseState::RolledBack => "rolled_back",
+            ReleaseState::Aborted => "aborted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseEvent {
+    pub at: i64,
+    /// The new version's weight after this event.
+    pub weight: u32,
+    pub message: String,
+}
+
+/// A progressive release: an alias moves from `stable` to `target` over `steps` (percentages of
+/// traffic to the target), one step per `interval`, while the target stays within its thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    /// Assigned by the store; 0 before.
+    pub id: i64,
+    pub function: FunctionName,
+    pub alias: AliasName,
+    pub stable: VersionNumber,
+    pub target: VersionNumber,
+    pub steps: Vec<u32>,
+    /// Index into `steps` of the step in force.
+    pub step: usize,
+    pub interval_ms: u64,
+    /// Fraction (0.01 = 1%).
+    pub max_error_rate: f64,
+    pub max_p99_ms: Option<u64>,
+    pub state: ReleaseState,
+    pub actor: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub step_started_at: i64,
+    pub events: Vec<ReleaseEvent>,
 }
 
 /// The routable state of the platform at one moment.
@@ -159,7 +222,10 @@ mod tests {
             alias: AliasName::latest(),
             from: None,
             to: VersionNumber(to),
+            from_policy: None,
+            to_policy: TrafficPolicy::single(VersionNumber(to)),
             reason,
+            note: None,
             actor: "t".into(),
             at: 0,
         }
@@ -168,10 +234,11 @@ mod tests {
     #[test]
     fn rollback_walks_back_one_step_at_a_time() {
         use ChangeReason::*;
+        let single = |n| Some(TrafficPolicy::single(VersionNumber(n)));
         let mut h = vec![change(1, Deploy), change(2, Deploy), change(3, Manual)];
-        assert_eq!(rollback_target(&h), Some(VersionNumber(2)));
+        assert_eq!(rollback_target(&h), single(2));
         h.push(change(2, Rollback));
-        assert_eq!(rollback_target(&h), Some(VersionNumber(1)));
+        assert_eq!(rollback_target(&h), single(1));
         h.push(change(1, Rollback));
         assert_eq!(rollback_target(&h), None);
         assert_eq!(rollback_target(&[]), None);

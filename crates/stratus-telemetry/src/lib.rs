@@ -7,6 +7,8 @@
 //! mode.
 #![forbid(unsafe_code)]
 
+pub mod stats;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

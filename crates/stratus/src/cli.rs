@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::{Client, Connection};
-use crate::{deploy, dev, output, serve};
+use crate::{deploy, dev, init, output, serve};
 
 pub const ENV_LISTEN: &str = "STRATUS_LISTEN";
 pub const ENV_API_LISTEN: &str = "STRATUS_API_LISTEN";
@@ -45,6 +45,16 @@ pub enum Command {
         dir: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Create a function folder from a template (a wasm component with its build command).
+    Init {
+        /// The folder to create (default: the current folder).
+        dir: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        template: init::Template,
+        /// The function's name (default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Deploy DIR, then redeploy whenever a file in it changes.
     Dev {
@@ -102,6 +112,17 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Progressive delivery: shift an alias to a version step by step, promoting or rolling back
+    /// by itself (`stratus release NAME --to 5`), or `release status NAME` / `release abort NAME`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Release {
+        #[command(subcommand)]
+        command: Option<ReleaseCommand>,
+        #[command(flatten)]
+        start: ReleaseArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete a function (or one version of it with --version).
     Delete {
         name: String,
@@ -112,18 +133,133 @@ pub enum Command {
     },
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct ReleaseArgs {
+    /// The function to release.
+    pub name: Option<String>,
+    /// The version to move to.
+    #[arg(long)]
+    pub to: Option<u32>,
+    /// The alias to move.
+    #[arg(long, default_value = "release")]
+    pub alias: String,
+    /// Percentages of traffic on the new version, one step per interval.
+    #[arg(long, value_delimiter = ',', default_value = "10,25,50,100")]
+    pub steps: Vec<u32>,
+    #[arg(long, default_value = "1m")]
+    pub interval: String,
+    /// Roll back when the new version's error rate goes over this (and over the stable one's).
+    #[arg(long, default_value = "1%")]
+    pub max_error_rate: String,
+    /// Roll back when the new version's p99 latency goes over this.
+    #[arg(long)]
+    pub max_p99: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ReleaseCommand {
+    /// Show the releases of NAME, newest first, with every step and its reason.
+    Status { name: String },
+    /// Stop the running release of NAME: the alias goes back to the stable version.
+    Abort { name: String },
+}
+
+fn policy_body(
+    versions: &[String],
+    rules: &[String],
+    sticky: Option<&str>,
+    shadow: Option<&str>,
+    compare_body: bool,
+) -> Result<serde_json::Value> {
+    use stratus_core::traffic::syntax;
+    let invalid = |e: stratus_core::PolicyError| crate::client::InvalidInput(e.0);
+    let policy = stratus_core::TrafficPolicy {
+        weights: syntax::weights(versions).map_err(invalid)?,
+        rules: rules
+            .iter()
+            .map(|r| syntax::rule(r))
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?,
+        sticky: sticky.map(syntax::sticky).transpose().map_err(invalid)?,
+        shadow: shadow
+            .map(|s| syntax::shadow(s, compare_body))
+            .transpose()
+            .map_err(invalid)?,
+    };
+    Ok(serde_json::to_value(policy)?)
+}
+
+async fn release(command: Option<ReleaseCommand>, args: ReleaseArgs, c: &ClientArgs) -> Result<()> {
+    let cl = client(c)?;
+    match command {
+        Some(ReleaseCommand::Status { name }) => output::releases(
+            &cl.get(&format!("/functions/{name}/releases")).await?,
+            c.json,
+        ),
+        Some(ReleaseCommand::Abort { name }) => {
+            let releases = cl.get(&format!("/functions/{name}/releases")).await?;
+            let running = releases
+                .as_array()
+                .and_then(|a| a.iter().find(|r| r["state"] == "running"))
+                .ok_or_else(|| crate::client::ApiFailure {
+                    status: 409,
+                    code: "conflict".into(),
+                    message: format!("`{name}` has no running release"),
+                })?;
+            let r = cl
+                .post_empty(&format!(
+                    "/functions/{name}/releases/{}/abort",
+                    running["id"]
+                ))
+                .await?;
+            output::release_started(&r, c.json)
+        }
+        None => {
+            let (Some(name), Some(to)) = (args.name, args.to) else {
+                return Err(crate::client::InvalidInput("usage: stratus release NAME --to VERSION [--steps 10,25,50,100] [--interval 1m] [--max-error-rate 1%] [--max-p99 500ms]".into()).into());
+            };
+            let body = serde_json::json!({
+                "alias": args.alias, "to": to, "steps": args.steps, "interval": args.interval,
+                "max_error_rate": args.max_error_rate, "max_p99": args.max_p99,
+            });
+            let r = cl
+                .json_post(&format!("/functions/{name}/releases"), &body)
+                .await?;
+            output::release_started(&r, c.json)
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum AliasCommand {
-    /// Point ALIAS of NAME at VERSION.
+    /// Point ALIAS of NAME at a version (`3`) or split it over versions (`3=90 4=10`).
     Set {
         name: String,
         alias: String,
-        version: u32,
+        /// `3`, or weights adding up to 100: `3=90 4=10`.
+        #[arg(required = true, num_args = 1..)]
+        versions: Vec<String>,
+        /// A rule tried before the weights, first match wins (repeatable):
+        /// `header:x-tenant-id in t1,t7 -> 4`, `cookie:beta=1 -> canary`, `query:v ~ ^2 -> 5`,
+        /// `cidr:10.0.0.0/8 -> 4`.
+        #[arg(long = "rule", value_name = "RULE")]
+        rules: Vec<String>,
+        /// Pin each caller to one version by this key: `header:x-tenant-id` (or cookie:, query:).
+        #[arg(long, value_name = "KEY")]
+        sticky: Option<String>,
+        /// Mirror a share of requests to a version, discarding its answers: `5:10%`.
+        #[arg(long, value_name = "VERSION:PERCENT")]
+        shadow: Option<String>,
+        /// With --shadow, also compare response bodies.
+        #[arg(long, requires = "shadow")]
+        compare_body: bool,
     },
     /// List the aliases of NAME.
     List { name: String },
     /// Show every change of ALIAS.
     History { name: String, alias: String },
+    /// Show what mirroring ALIAS to its shadow version found.
+    Shadow { name: String, alias: String },
 }
 
 fn client(args: &ClientArgs) -> Result<Client> {
@@ -138,6 +274,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 deploy::deploy(&client(&c)?, &dir.unwrap_or_else(|| ".".into()), !c.json).await?;
             output::deployed(&out, c.json)
         }
+        Command::Init {
+            dir,
+            template,
+            name,
+        } => init::run(template, &dir.unwrap_or_else(|| ".".into()), name).map(|_| ()),
         Command::Dev { dir, client: c } => {
             dev::run(&client(&c)?, &dir.unwrap_or_else(|| ".".into()), c.json).await
         }
@@ -158,16 +299,29 @@ pub async fn run(cli: Cli) -> Result<()> {
                 AliasCommand::Set {
                     name,
                     alias,
-                    version,
+                    versions,
+                    rules,
+                    sticky,
+                    shadow,
+                    compare_body,
                 } => {
+                    let body = policy_body(
+                        &versions,
+                        &rules,
+                        sticky.as_deref(),
+                        shadow.as_deref(),
+                        compare_body,
+                    )?;
                     let rec = cl
-                        .put(
-                            &format!("/functions/{name}/aliases/{alias}"),
-                            &serde_json::json!({"version": version}),
-                        )
+                        .put(&format!("/functions/{name}/aliases/{alias}"), &body)
                         .await?;
                     output::alias_moved(&rec, "set", c.json)
                 }
+                AliasCommand::Shadow { name, alias } => output::shadow(
+                    &cl.get(&format!("/functions/{name}/aliases/{alias}/shadow"))
+                        .await?,
+                    c.json,
+                ),
                 AliasCommand::List { name } => output::aliases(
                     &cl.get(&format!("/functions/{name}/aliases")).await?,
                     c.json,
@@ -206,6 +360,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             client(&c)?.stream_logs(&name, &q, c.json).await
         }
+        Command::Release {
+            command,
+            start,
+            client: c,
+        } => release(command, start, &c).await,
         Command::Delete {
             name,
             version,

@@ -169,6 +169,10 @@ impl Client {
         self.json(self.http.put(self.url(path)).json(body)).await
     }
 
+    pub async fn json_post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.json(self.http.post(self.url(path)).json(body)).await
+    }
+
     pub async fn post_empty(&self, path: &str) -> Result<Value> {
         self.json(self.http.post(self.url(path))).await
     }

@@ -10,6 +10,7 @@ mod cli;
 mod client;
 mod deploy;
 mod dev;
+mod init;
 mod output;
 mod serve;
 

@@ -202,10 +202,10 @@ pub fn aliases(v: &Value, as_json: bool) -> Result<()> {
         return json(v);
     }
     table(
-        &["ALIAS", "VERSION", "UPDATED"],
+        &["ALIAS", "TARGET", "UPDATED"],
         items(v)
             .iter()
-            .map(|a| vec![s(&a["name"]), s(&a["version"]), time(&a["updated_at"])])
+            .map(|a| vec![s(&a["name"]), policy(&a["policy"]), time(&a["updated_at"])])
             .collect(),
     );
     Ok(())
@@ -215,17 +215,25 @@ pub fn history(v: &Value, as_json: bool) -> Result<()> {
     if as_json {
         return json(v);
     }
+    let from = |c: &Value| {
+        if c["from_policy"].is_null() {
+            "-".to_string()
+        } else {
+            policy(&c["from_policy"])
+        }
+    };
     table(
-        &["WHEN", "FROM", "TO", "REASON", "BY"],
+        &["WHEN", "FROM", "TO", "REASON", "BY", "NOTE"],
         items(v)
             .iter()
             .map(|c| {
                 vec![
                     time(&c["at"]),
-                    s(&c["from"]),
-                    s(&c["to"]),
+                    from(c),
+                    policy(&c["to_policy"]),
                     s(&c["reason"]),
                     s(&c["actor"]),
+                    c["note"].as_str().unwrap_or("").to_string(),
                 ]
             })
             .collect(),
@@ -233,16 +241,132 @@ pub fn history(v: &Value, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// A traffic policy in the CLI's own syntax: `3`, `3=90 4=10`, plus rules and shadow.
+pub fn policy(p: &Value) -> String {
+    let weights = items(&p["weights"]);
+    let mut out = if weights.len() == 1 {
+        s(&weights[0]["version"])
+    } else {
+        weights
+            .iter()
+            .map(|w| format!("{}={}", s(&w["version"]), s(&w["weight"])))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let rules = items(&p["rules"]).len();
+    if rules > 0 {
+        out.push_str(&format!(
+            " +{rules} rule{}",
+            if rules == 1 { "" } else { "s" }
+        ));
+    }
+    if p["sticky"].is_object() {
+        out.push_str(&format!(" sticky:{}", s(&p["sticky"]["name"])));
+    }
+    if p["shadow"].is_object() {
+        out.push_str(&format!(
+            " shadow:{}@{}%",
+            s(&p["shadow"]["version"]),
+            s(&p["shadow"]["percent"])
+        ));
+    }
+    out
+}
+
 pub fn alias_moved(rec: &Value, verb: &str, as_json: bool) -> Result<()> {
     if as_json {
         return json(rec);
     }
     println!(
-        "{verb} {} {} -> version {}",
+        "{verb} {} {} -> {}",
         s(&rec["function"]),
         s(&rec["name"]),
-        s(&rec["version"])
+        policy(&rec["policy"])
     );
+    Ok(())
+}
+
+pub fn shadow(v: &Value, as_json: bool) -> Result<()> {
+    if as_json {
+        return json(v);
+    }
+    if v["shadow"].is_null() {
+        println!(
+            "no shadow configured (set one with `stratus alias set NAME ALIAS V --shadow VERSION:PERCENT`)"
+        );
+    }
+    table(
+        &[
+            "SHADOW",
+            "MIRRORED",
+            "DROPPED",
+            "ERRORS",
+            "STATUS =/!=",
+            "BODY =/!=",
+            "PRIMARY p50/p99",
+            "MIRROR p50/p99",
+        ],
+        items(&v["results"])
+            .iter()
+            .map(|r| {
+                vec![
+                    s(&r["shadow_version"]),
+                    s(&r["mirrored"]),
+                    s(&r["dropped"]),
+                    s(&r["mirror_errors"]),
+                    format!("{}/{}", s(&r["status_matches"]), s(&r["status_mismatches"])),
+                    format!("{}/{}", s(&r["body_matches"]), s(&r["body_mismatches"])),
+                    format!("{}/{} ms", s(&r["primary_p50_ms"]), s(&r["primary_p99_ms"])),
+                    format!("{}/{} ms", s(&r["mirror_p50_ms"]), s(&r["mirror_p99_ms"])),
+                ]
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+pub fn release_started(r: &Value, as_json: bool) -> Result<()> {
+    if as_json {
+        return json(r);
+    }
+    let last = items(&r["events"])
+        .last()
+        .map(|e| s(&e["message"]))
+        .unwrap_or_default();
+    println!(
+        "release {} of {} ({}): {last}",
+        s(&r["id"]),
+        s(&r["function"]),
+        s(&r["state"])
+    );
+    Ok(())
+}
+
+pub fn releases(v: &Value, as_json: bool) -> Result<()> {
+    if as_json {
+        return json(v);
+    }
+    for r in items(v) {
+        let steps: Vec<String> = items(&r["steps"]).iter().map(s).collect();
+        println!(
+            "release {}  {}  {} {} -> {}  steps {}  state {}",
+            s(&r["id"]),
+            s(&r["alias"]),
+            s(&r["function"]),
+            s(&r["stable"]),
+            s(&r["target"]),
+            steps.join(","),
+            s(&r["state"])
+        );
+        for e in items(&r["events"]) {
+            println!(
+                "  {}  {:>3}%  {}",
+                time(&e["at"]),
+                s(&e["weight"]),
+                s(&e["message"])
+            );
+        }
+    }
     Ok(())
 }
 

@@ -10,15 +10,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use stratus_api::{ApiConfig, ControlPlane};
+use stratus_api::{ApiConfig, ControlPlane, ControlPlaneDeps};
 use stratus_core::RuntimeKind;
 use stratus_gateway::Gateway;
 use stratus_router::{Router, RoutingTable};
 use stratus_runtime::{CodeCache, LogSink, Runtime};
 use stratus_runtime_process::ProcessRuntime;
+use stratus_runtime_wasm::{WasmConfig, WasmRuntime};
 use stratus_scaler::{Fleet, FleetConfig};
 use stratus_store::{BlobStore, LogStore, Metastore};
 use stratus_store_embedded::{LocalBlobStore, SqliteStore};
+use stratus_telemetry::stats::{ShadowRegistry, TrafficStats};
 use stratus_telemetry::{LogConfig, LogHub};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -154,9 +156,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let sink: Arc<dyn LogSink> = hub.clone();
 
     // Services.
-    let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(code.clone(), sink));
+    let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(code.clone(), sink.clone()));
+    let wasm: Arc<dyn Runtime> = Arc::new(
+        WasmRuntime::new(
+            code.clone(),
+            sink,
+            WasmConfig {
+                cache_dir: data.join("wasm-cache"),
+                engine: Default::default(),
+            },
+        )
+        .context("failed to start the wasm runtime")?,
+    );
     let fleet = Fleet::new(
-        HashMap::from([(RuntimeKind::Process, process)]),
+        HashMap::from([(RuntimeKind::Process, process), (RuntimeKind::Wasm, wasm)]),
         FleetConfig::default(),
     );
     let ticker = fleet.spawn_ticker();
@@ -170,18 +183,23 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         routes_fleet.set_routable(t.routable_versions().collect())
     });
 
-    let cp = ControlPlane::new(
-        store.clone(),
+    let stats = Arc::new(TrafficStats::default());
+    let shadows = Arc::new(ShadowRegistry::default());
+    let cp = ControlPlane::new(ControlPlaneDeps {
+        store: store.clone(),
         blobs,
         logs,
         code,
-        fleet.clone(),
-        router.clone(),
-        ApiConfig {
+        fleet: fleet.clone(),
+        router: router.clone(),
+        stats: stats.clone(),
+        shadows: shadows.clone(),
+        config: ApiConfig {
             max_artifact_bytes: args.max_artifact_mib * 1024 * 1024,
             admin_token: token,
         },
-    );
+    });
+    let releases = stratus_api::release::spawn_controller(&cp, Duration::from_millis(500));
 
     let gateway_listener = TcpListener::bind(args.listen)
         .await
@@ -204,7 +222,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     let gw = tokio::spawn(stratus_gateway::serve(
         gateway_listener,
-        Gateway::new(router, fleet.clone()),
+        Gateway::new(router, fleet.clone(), stats, shadows),
         stopped(stop_rx.clone()),
         args.drain_timeout,
     ));
@@ -226,6 +244,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     // The API's open streams (log follows) must not hold shutdown up.
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     follower.abort();
+    releases.abort();
     ticker.abort();
     tracing::info!("stopping {} instances", fleet.instance_count());
     fleet.shutdown().await;

@@ -10,3 +10,4 @@ mod faults;
 mod gateway;
 mod lifecycle;
 mod scaling;
+mod traffic;

@@ -1,0 +1,134 @@
+//! The keys that depend on `runtime`: what each runtime needs, what it cannot use, and its
+//! defaults. A key that has no effect on the chosen runtime is an error rather than silently
+//! ignored, so nobody believes a process is sandboxed by `allowed_outbound_hosts`.
+
+use std::path::{Component, Path};
+
+use stratus_core::{HostPattern, Limits, RuntimeKind};
+
+use crate::schema::{Invalid, Manifest, args, count, invalid, parse_size};
+
+/// The runtime-dependent part of a validated manifest.
+pub struct RuntimeChecks {
+    kind: RuntimeKind,
+    /// The process's command, or the wasm component as its only element.
+    pub command: Vec<String>,
+    outbound: Option<Vec<String>>,
+}
+
+impl RuntimeChecks {
+    pub fn new(m: &Manifest) -> Result<Self, Invalid> {
+        let command = args("command", &m.command)?;
+        let command = match m.runtime {
+            RuntimeKind::Process => {
+                for (key, set) in [
+                    ("component", m.component.is_some()),
+                    ("allowed_outbound_hosts", m.allowed_outbound_hosts.is_some()),
+                    ("limits.memory", m.limits.memory.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "`{key}` is for runtime \"wasm\"; a process is not sandboxed, so it would have no effect"
+                            ),
+                        ));
+                    }
+                }
+                command.ok_or_else(|| {
+                    invalid(
+                        "runtime",
+                        "runtime \"process\" needs a `command`, like command = [\"node\", \"server.js\"]",
+                    )
+                })?
+            }
+            RuntimeKind::Wasm => {
+                if command.is_some() {
+                    return Err(invalid(
+                        "command",
+                        "runtime \"wasm\" runs a component, not a command: remove `command` and set component = \"hello.wasm\"",
+                    ));
+                }
+                if m.health.path.is_some() {
+                    return Err(invalid(
+                        "health.path",
+                        "runtime \"wasm\" has no health check: an instance is ready once its component is compiled",
+                    ));
+                }
+                if m.build.install.is_some() {
+                    return Err(invalid(
+                        "build.install",
+                        "runtime \"wasm\" runs no install step on the server: build the component locally with `build.command`",
+                    ));
+                }
+                let c = m.component.as_deref().ok_or_else(|| {
+                    invalid(
+                        "runtime",
+                        "runtime \"wasm\" needs a `component`, like component = \"hello.wasm\" (a wasi:http component)",
+                    )
+                })?;
+                vec![component_path(c)?]
+            }
+        };
+        Ok(Self {
+            kind: m.runtime,
+            command,
+            outbound: m.allowed_outbound_hosts.clone(),
+        })
+    }
+
+    pub fn concurrency(&self, v: Option<i64>) -> Result<u32, Invalid> {
+        let default = match self.kind {
+            RuntimeKind::Process => Limits::default().concurrency,
+            RuntimeKind::Wasm => Limits::WASM_CONCURRENCY,
+        };
+        count("limits.concurrency", v, default, 1, 10_000)
+    }
+
+    pub fn memory_bytes(&self, v: Option<&str>) -> Result<Option<u64>, Invalid> {
+        if self.kind != RuntimeKind::Wasm {
+            return Ok(None);
+        }
+        let Some(s) = v else {
+            return Ok(Some(Limits::WASM_MEMORY_BYTES));
+        };
+        let bad = |why: String| invalid("limits.memory", why);
+        let n = parse_size(s).ok_or_else(|| {
+            bad(format!(
+                "invalid size \"{s}\": write a number and a unit, like \"64MiB\" or \"1GiB\""
+            ))
+        })?;
+        // One wasm page is 64 KiB; a memory can never be smaller than its first page.
+        if !(64 * 1024..=Limits::WASM_MAX_MEMORY_BYTES).contains(&n) {
+            return Err(bad(format!(
+                "{s} is out of range: allowed 64KiB to 4GiB (the most a 32-bit linear memory can address)"
+            )));
+        }
+        Ok(Some(n))
+    }
+
+    pub fn allowed_outbound_hosts(&self) -> Result<Vec<String>, Invalid> {
+        let hosts = self.outbound.clone().unwrap_or_default();
+        for h in &hosts {
+            HostPattern::parse(h).map_err(|e| invalid("allowed_outbound_hosts", e))?;
+        }
+        Ok(hosts)
+    }
+}
+
+/// The component must be a file inside the function folder: the archive holds nothing else.
+fn component_path(c: &str) -> Result<String, Invalid> {
+    let p = Path::new(c);
+    let inside = !c.is_empty()
+        && p.components()
+            .all(|part| matches!(part, Component::Normal(_) | Component::CurDir));
+    if !inside {
+        return Err(invalid(
+            "component",
+            format!(
+                "component \"{c}\" must be a path inside the function folder, like \"hello.wasm\" or \"target/hello.wasm\""
+            ),
+        ));
+    }
+    Ok(c.trim_start_matches("./").to_string())
+}

@@ -1,0 +1,143 @@
+//! The one wasmtime `Engine` every wasm function shares, and the epoch clock that bounds how
+//! long a guest may run.
+
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances: the granularity of wall-clock deadlines, and how long a guest
+/// computes before it yields its thread back to the executor.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Use the pooling allocator (falls back to on-demand when it cannot reserve its memory).
+    pub pooling: bool,
+    /// Component instances alive at once across all functions: requests in flight. Only the
+    /// pooling allocator bounds it; past it a request gets 503.
+    pub max_instances: u32,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            pooling: true,
+            max_instances: 1000,
+        }
+    }
+}
+
+/// The engine and what it was built with.
+pub struct Built {
+    pub engine: Engine,
+    pub pooling: bool,
+    /// Why pooling is off, when it was asked for.
+    pub fallback: Option<String>,
+}
+
+fn base_config() -> Config {
+    let mut c = Config::new();
+    // Epoch checks are a load and a compare at loop headers and function entries: much cheaper
+    // than fuel, and enough for a wall-clock deadline.
+    c.epoch_interruption(true);
+    // Linear memories start as copy-on-write mappings of the compiled image, so instantiating a
+    // large guest (componentize-js, -py) does not copy its heap.
+    c.memory_init_cow(true);
+    c
+}
+
+fn pooling_config(max_instances: u32) -> PoolingAllocationConfig {
+    let n = max_instances.max(1);
+    let mut p = PoolingAllocationConfig::default();
+    // Interpreter-based guests (componentize-js, componentize-py) are made of several core
+    // instances, each with its memory and tables, so the core pools are larger than the
+    // component pool.
+    p.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(4))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_memory_size(stratus_core::Limits::WASM_MAX_MEMORY_BYTES as usize)
+        // Python's and JavaScript's runtimes keep big vmctx and tables.
+        .max_core_instance_size(4 << 20)
+        .max_component_instance_size(4 << 20)
+        .max_tables_per_module(8)
+        .table_elements(100_000);
+    p
+}
+
+/// Builds the engine, with the pooling allocator when asked and when the host lets it reserve
+/// its address space (it maps every slot up front; a low `ulimit -v` or a 32-bit host can't).
+pub fn build(opts: &EngineOptions) -> Result<Built, wasmtime::Error> {
+    if opts.pooling {
+        let mut c = base_config();
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+            opts.max_instances,
+        )));
+        match Engine::new(&c) {
+            Ok(engine) => {
+                return Ok(Built {
+                    engine,
+                    pooling: true,
+                    fallback: None,
+                });
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::warn!(
+                    "wasm: the pooling allocator is unavailable ({why}); allocating instances on demand"
+                );
+                let engine = Engine::new(&base_config())?;
+                return Ok(Built {
+                    engine,
+                    pooling: false,
+                    fallback: Some(why),
+                });
+            }
+        }
+    }
+    Ok(Built {
+        engine: Engine::new(&base_config())?,
+        pooling: false,
+        fallback: None,
+    })
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on a thread of its own (the executor's
+/// threads may all be busy running guests), until the engine is dropped.
+pub fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn the epoch thread");
+}
+
+/// Identifies what compiled code is valid for: wasmtime's version and every setting that
+/// changes the machine code. Part of the compiled cache's key, so an upgrade or a config change
+/// compiles again instead of loading stale code.
+pub fn fingerprint(engine: &Engine) -> String {
+    // FNV-1a: stable across Rust releases, unlike `DefaultHasher`.
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 ^= u64::from(*b);
+                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
