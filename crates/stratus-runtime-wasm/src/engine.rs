@@ -141,3 +141,35 @@ pub fn fingerprint(engine: &Engine) -> String {
     engine.precompile_compatibility_hash().hash(&mut h);
     format!("{:016x}", h.finish())
 }
+
+/// The threads guests run on, apart from the gateway's: a guest computing between epoch ticks
+/// holds its thread for up to [`EPOCH_TICK`], and on the gateway's own threads a few busy guests
+/// would delay every other request's I/O by that much per step. On threads of their own the OS
+/// shares the cores, and the gateway's threads, mostly idle, get them when they wake.
+pub struct GuestThreads(Option<tokio::runtime::Runtime>);
+
+impl GuestThreads {
+    pub fn start() -> std::io::Result<Self> {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .thread_name("wasm-guest")
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(rt)))
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().expect("running").handle().clone()
+    }
+}
+
+impl Drop for GuestThreads {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its threads, which is not allowed from async code; the
+        // runtime is usually dropped there (server shutdown, tests).
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -29,6 +29,7 @@ const BACKSTOP_GRACE: Duration = Duration::from_millis(100);
 pub struct WasmInstance {
     id: String,
     engine: Engine,
+    guests: tokio::runtime::Handle,
     loaded: Arc<Loaded>,
     report: Arc<Report>,
     env: Arc<Vec<(String, String)>>,
@@ -63,6 +64,7 @@ impl WasmInstance {
     pub fn new(
         id: String,
         engine: Engine,
+        guests: tokio::runtime::Handle,
         loaded: Arc<Loaded>,
         spec: Arc<FunctionSpec>,
         version: u32,
@@ -87,6 +89,7 @@ impl WasmInstance {
         Self {
             id,
             engine,
+            guests,
             loaded,
             report: Arc::new(Report { spec, meta, logs }),
             env: Arc::new(env),
@@ -276,9 +279,9 @@ impl Instance for WasmInstance {
         };
         let pre = self.loaded.pre.clone();
         let report = self.report.clone();
-        // The guest runs in its own task: it keeps writing the body after it has sent the head,
-        // and its outcome is logged there, even when the caller has gone.
-        let task = tokio::spawn(async move {
+        // The guest runs in its own task, on the guest threads: it keeps writing the body after
+        // it has sent the head, and its outcome is logged there, even when the caller has gone.
+        let task = self.guests.spawn(async move {
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy

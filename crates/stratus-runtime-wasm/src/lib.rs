@@ -52,6 +52,7 @@ pub struct WasmConfig {
 
 pub struct WasmRuntime {
     engine: Engine,
+    guests: engine::GuestThreads,
     linker: Arc<Linker<Host>>,
     code: Arc<CodeCache>,
     logs: Arc<dyn LogSink>,
@@ -93,8 +94,10 @@ impl WasmRuntime {
             "wasm runtime: wasmtime 48, {allocator}, compiled code in {}",
             config.cache_dir.display()
         );
+        let guests = engine::GuestThreads::start().map_err(|e| fail("guest threads", &e))?;
         Ok(Self {
             engine,
+            guests,
             linker: Arc::new(linker),
             code,
             logs,
@@ -296,6 +299,7 @@ impl Runtime for WasmRuntime {
         Ok(Arc::new(WasmInstance::new(
             instance_id.to_string(),
             self.engine.clone(),
+            self.guests.handle(),
             loaded,
             prepared.spec.clone(),
             prepared.version.0,

@@ -210,9 +210,13 @@ async fn compiles_once_and_reuses_the_cache_after_a_restart() {
         mtime
     );
 
-    // A damaged cache file is compiled again rather than trusted.
+    // A file wasmtime does not accept (another version's, or damaged) is compiled again rather
+    // than trusted. Replaced by rename, as the runtime itself writes: truncating a mapped file in
+    // place would fault whoever still runs code from it.
     drop(i);
-    std::fs::write(&files[0], b"garbage").unwrap();
+    let tmp = files[0].with_extension("tmp");
+    std::fs::write(&tmp, b"garbage").unwrap();
+    std::fs::rename(&tmp, &files[0]).unwrap();
     rig.restart();
     let i = rig.instance(wasm_limits(), &[]).await;
     assert_eq!(call(&i, get("/")).await.0, 200);
@@ -448,4 +452,17 @@ fn tokio_stream<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn a_body_with_a_length_echoes_whole() {
+    let rig = Rig::new();
+    let i = rig.instance(wasm_limits(), &[]).await;
+    let req = http::Request::post("/echo")
+        .header("host", "x")
+        .header("content-length", "100000")
+        .body(full_body(vec![b'x'; 100_000]))
+        .unwrap();
+    let (status, body) = call(&i, req).await;
+    assert_eq!((status, body.len()), (200, 100_000), "{}", rig.logs.text());
 }

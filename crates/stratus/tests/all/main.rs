@@ -11,3 +11,4 @@ mod gateway;
 mod lifecycle;
 mod scaling;
 mod traffic;
+mod wasm;

@@ -95,17 +95,22 @@ async fn a_guest_past_its_timeout_is_a_504_and_the_gateway_keeps_serving() {
             tokio::spawn(async move { crate::harness::http().get(url).send().await.unwrap() })
         })
         .collect();
-    // Four guests spin on two cores; other requests are still answered promptly.
+    // Four guests spin on two cores; other requests are still answered, long before the
+    // spinning ones hit their 2 s timeout (a bound loose enough for a loaded CI machine).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for _ in 0..5 {
+    for _ in 0..3 {
         let t = Instant::now();
         assert_eq!(s.get("/fn/hello-wasm/").await.status(), 200);
         assert!(
-            t.elapsed() < Duration::from_millis(500),
+            t.elapsed() < Duration::from_millis(1000),
             "{:?}",
             t.elapsed()
         );
     }
+    assert!(
+        spinning.iter().all(|t| !t.is_finished()),
+        "the spinning requests ended early"
+    );
     for r in spinning {
         let r = r.await.unwrap();
         assert_eq!(r.status(), 504);
