@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# WebAssembly runtime benchmarks, side by side in one run:
+#
+# 1. Throughput and latency: `wasmtime serve` (wasmtime-cli of the same wasmtime version as
+#    Stratus, installed here with cargo into a bench-local root) and Stratus on the same hello
+#    component (crates/stratus/tests/fixtures/wasm-hello/hello.wasm, path `/`), the same load
+#    generator (wrk, one thread, CONNS connections, DURATION each, after a warm-up), one after the
+#    other. Prints req/s, p50 and p99 of both and the ratio. The same for the componentize-js and
+#    componentize-py examples when their app.wasm is built (JS_WASM, PY_WASM), with the
+#    deploy-to-serving time of each component (compile included).
+# 2. Cold start: a function with no instance and no compiled code in memory (scaled to zero
+#    after idle_timeout = 1s), to first byte of a request: p50 and p99 over COLD_ROUNDS requests.
+# 3. Density: deploys DENSITY functions (the same component, each its own function and artifact)
+#    through the API with DEPLOY_CONC deploys in flight, lets them go idle, then reports the
+#    server's resident memory (VmRSS) and the latency of first requests to random ones.
+#
+# Env knobs: STRATUS_BIN [$CARGO_TARGET_DIR or <repo>/target]/release/stratus (built if missing),
+#   WASMTIME_ROOT [bench/out/wasmtime-cli] (where wasmtime-cli is installed), CONNS [16],
+#   DURATION [10s], COLD_ROUNDS [30], DENSITY [1000], DEPLOY_CONC [4], SKIP_WASMTIME [0].
+# Everything binds 127.0.0.1; every loop is bounded.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+WASMTIME_VERSION=48.0.8
+COMPONENT="$REPO/crates/stratus/tests/fixtures/wasm-hello/hello.wasm"
+CONNS=${CONNS:-16}
+DURATION=${DURATION:-10s}
+COLD_ROUNDS=${COLD_ROUNDS:-30}
+DENSITY=${DENSITY:-1000}
+DEPLOY_CONC=${DEPLOY_CONC:-4}
+WASMTIME_ROOT=${WASMTIME_ROOT:-$HERE/out/wasmtime-cli}
+
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null
+fi
+
+if [ -z "${STRATUS_BIN:-}" ]; then
+  STRATUS_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/stratus"
+  if [ ! -x "$STRATUS_BIN" ]; then
+    echo "building stratus (release)" >&2
+    (cd "$REPO" && cargo build --release --locked -p stratus)
+  fi
+fi
+WASMTIME="$WASMTIME_ROOT/bin/wasmtime"
+if [ "${SKIP_WASMTIME:-0}" != 1 ] && ! "$WASMTIME" --version 2>/dev/null | grep -q "$WASMTIME_VERSION"; then
+  echo "installing wasmtime-cli $WASMTIME_VERSION into $WASMTIME_ROOT (a release build: minutes)" >&2
+  cargo install --locked wasmtime-cli --version "$WASMTIME_VERSION" --root "$WASMTIME_ROOT"
+fi
+
+TMP=$(mktemp -d /tmp/stratus-bench-wasm.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_port() {
+  for _ in $(seq 1 300); do
+    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listening on $1" >&2; return 1
+}
+# wrk --latency: prints "req/s p50 p99" (latencies in ms).
+load() {
+  wrk -t1 -c"$CONNS" -d2s "$1" >/dev/null
+  wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$1" | python3 -c '
+import re, sys
+t = sys.stdin.read()
+def ms(s):
+    v, u = re.match(r"([\d.]+)(us|ms|s)", s).groups()
+    return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[u]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+p50 = ms(re.search(r"50%\s+(\S+)", t).group(1)); p99 = ms(re.search(r"99%\s+(\S+)", t).group(1))
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+errs = re.search(r"Socket errors: (.*)", t)
+bad = non2xx.group(1) if non2xx else 0
+errors = errs.group(1).replace(" ", "_") if errs else "none"
+print(f"{rps:.0f} {p50:.3f} {p99:.3f} {bad} {errors}")'
+}
+
+echo "machine: $(nproc) cores, $(uname -r); wrk -t1 -c$CONNS -d$DURATION; component $(basename "$COMPONENT") ($(stat -c %s "$COMPONENT") bytes)"
+echo "stratus: $STRATUS_BIN"
+DEPLOYS=()
+
+GW_PORT=$(free_port)
+API_PORT=$(free_port)
+RUST_LOG=warn "$STRATUS_BIN" serve --data-dir "$TMP/data" --listen "127.0.0.1:$GW_PORT" \
+  --api-listen "127.0.0.1:$API_PORT" >"$TMP/stratus.log" 2>&1 &
+STRATUS_PID=$!
+PIDS+=("$STRATUS_PID")
+wait_port "$API_PORT"
+export STRATUS_DATA_DIR="$TMP/data" STRATUS_API="http://127.0.0.1:$API_PORT"
+mkdir -p "$TMP/hello"
+cp "$COMPONENT" "$TMP/hello/hello.wasm"
+
+# --- 1. throughput, and deploy-to-serving of each guest ---------------------------------------
+# The hello component always; the componentize-js and componentize-py examples when built
+# (`stratus deploy examples/wasm-js` or their build command leaves app.wasm there).
+GUESTS=("hello=$COMPONENT")
+for g in js=${JS_WASM:-$REPO/examples/wasm-js/app.wasm} python=${PY_WASM:-$REPO/examples/wasm-python/app.wasm}; do
+  [ -f "${g#*=}" ] && GUESTS+=("$g")
+done
+ROWS=()
+for g in "${GUESTS[@]}"; do
+  label=${g%%=*} file=${g#*=}
+  if [ "${SKIP_WASMTIME:-0}" != 1 ]; then
+    WT_PORT=$(free_port)
+    # -S cli: the guests import wasi:cli (env, exit) besides the proxy world, as Stratus provides.
+    "$WASMTIME" serve -S cli --addr "127.0.0.1:$WT_PORT" "$file" >"$TMP/wasmtime-$label.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$WT_PORT"
+    ROWS+=("$label wasmtime-serve $(load "http://127.0.0.1:$WT_PORT/")")
+    kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+  fi
+  mkdir -p "$TMP/guest-$label"
+  cp "$file" "$TMP/guest-$label/app.wasm"
+  printf 'name = "bench-%s"\nruntime = "wasm"\ncomponent = "app.wasm"\n' "$label" >"$TMP/guest-$label/stratus.toml"
+  t0=$(date +%s.%N)
+  "$STRATUS_BIN" deploy "$TMP/guest-$label" >/dev/null
+  first=$(curl -s -o /dev/null -w '%{time_starttransfer}' "http://127.0.0.1:$GW_PORT/fn/bench-$label/")
+  t1=$(date +%s.%N)
+  DEPLOYS+=("$label $(stat -c %s "$file") $(python3 -c "print(f'{$t1 - $t0:.2f}')") $(python3 -c "print(f'{$first * 1000:.1f}')")")
+  ROWS+=("$label stratus $(load "http://127.0.0.1:$GW_PORT/fn/bench-$label/")")
+done
+
+echo "wasmtime: $("$WASMTIME" --version 2>/dev/null || echo skipped); command: wasmtime serve -S cli --addr 127.0.0.1:PORT COMPONENT"
+echo
+echo "throughput and latency (wrk -t1 -c$CONNS -d$DURATION after a 2 s warm-up, path /):"
+printf '  %-8s %-15s %9s %9s %9s %8s %s\n' guest server "req/s" "p50 ms" "p99 ms" "non-2xx" "socket errors"
+for r in "${ROWS[@]}"; do
+  # shellcheck disable=SC2086
+  printf '  %-8s %-15s %9s %9s %9s %8s %s\n' $r
+done
+printf '%s\n' "${ROWS[@]}" | python3 -c '
+import sys
+rows = {}
+for line in sys.stdin:
+    g, server, rps, p50, p99, *_ = line.split()
+    rows.setdefault(g, {})[server] = (float(rps), float(p99))
+for g, r in rows.items():
+    if "wasmtime-serve" in r and "stratus" in r:
+        (srps, sp99), (wrps, wp99) = r["stratus"], r["wasmtime-serve"]
+        print(f"  {g}: stratus / wasmtime serve = {srps / wrps:.2f}x req/s, p99 {sp99 / wp99:.2f}x")'
+echo
+echo "deploy to serving (stratus deploy of a folder holding the built component: upload, compile, prove, first response):"
+for d in "${DEPLOYS[@]}"; do
+  # shellcheck disable=SC2086
+  set -- $d
+  echo "  $1: $(( $2 / 1024 )) KiB component, deploy + first request $3 s (first request alone $4 ms)"
+done
+
+# --- 2 and 3. cold start, density --------------------------------------------------------------
+python3 - "$STRATUS_BIN" "$TMP" "$GW_PORT" "$API_PORT" "$STRATUS_PID" "$COLD_ROUNDS" "$DENSITY" "$DEPLOY_CONC" <<'EOF'
+import concurrent.futures, json, os, random, shutil, socket, subprocess, sys, time, urllib.request
+
+bin_, tmp, gw, api, pid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+rounds, density, conc = int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
+token = open(os.path.join(tmp, "data", "admin.token")).read().strip()
+
+def rss_mib():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+def first_byte(name):
+    """ms from connect to the first byte of the response to GET /fn/NAME/."""
+    t = time.perf_counter()
+    s = socket.create_connection(("127.0.0.1", gw), 30)
+    s.sendall(f"GET /fn/{name}/ HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+    first = s.recv(1)
+    dt = (time.perf_counter() - t) * 1000
+    rest = first + b"".join(iter(lambda: s.recv(65536), b""))
+    s.close()
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:200]
+    return dt
+
+def instances(name):
+    req = urllib.request.Request(f"http://127.0.0.1:{api}/api/v1/functions/{name}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    info = json.load(urllib.request.urlopen(req, timeout=10))
+    return sum(len(p["instances"]) + p["starting"] for p in info.get("pools", []))
+
+def wait_idle(name, limit=30):
+    end = time.time() + limit
+    while time.time() < end:
+        if instances(name) == 0:
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{name} never scaled to zero")
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+def app(name, idle="1s"):
+    d = os.path.join(tmp, "apps", name)
+    os.makedirs(d, exist_ok=True)
+    shutil.copy(os.path.join(tmp, "hello", "hello.wasm"), d)
+    with open(os.path.join(d, "stratus.toml"), "w") as f:
+        f.write(f'name = "{name}"\nruntime = "wasm"\ncomponent = "hello.wasm"\n'
+                f'[scaling]\nmin = 0\nidle_timeout = "{idle}"\n')
+    return d
+
+def deploy(d):
+    r = subprocess.run([bin_, "deploy", d, "--json"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"deploy {d} failed: {r.stderr}")
+
+# 2. cold start: scale to zero between requests; the compiled code is unmapped with the last
+# instance, so each request loads it from the on-disk cache and instantiates.
+deploy(app("bench-cold"))
+first_byte("bench-cold")
+samples, warm = [], []
+for _ in range(rounds):
+    wait_idle("bench-cold")
+    samples.append(first_byte("bench-cold"))
+    warm.append(first_byte("bench-cold"))
+print(f"\ncold start (no instance, nothing compiled in memory -> first byte), {rounds} requests:")
+print(f"  p50 {pct(samples, 50):.3f} ms, p99 {pct(samples, 99):.3f} ms, max {max(samples):.3f} ms"
+      f"  (the next, warm request: p50 {pct(warm, 50):.3f} ms)")
+
+# 3. density
+rss0 = rss_mib()
+names = [f"d{i:05d}" for i in range(density)]
+t = time.time()
+dirs = [app(n, idle="2s") for n in names]
+with concurrent.futures.ThreadPoolExecutor(conc) as ex:
+    for i, _ in enumerate(ex.map(deploy, dirs), 1):
+        if i % 250 == 0:
+            print(f"  deployed {i}/{density} in {time.time() - t:.0f}s, server RSS {rss_mib():.0f} MiB", flush=True)
+took = time.time() - t
+# Let every proven instance go idle and be stopped.
+time.sleep(5)
+for n in random.sample(names, min(20, density)):
+    wait_idle(n)
+rss_idle = rss_mib()
+picks = random.sample(names, min(50, density))
+lat = [first_byte(n) for n in picks]
+print(f"\ndensity: {density} wasm functions deployed in {took:.0f}s ({density / took:.1f}/s, {conc} at a time)")
+print(f"  server RSS: {rss0:.0f} MiB before, {rss_idle:.0f} MiB with all {density} idle"
+      f" ({(rss_idle - rss0) * 1024 / density:.1f} KiB per function)")
+print(f"  first request to a random idle one ({len(lat)} samples): p50 {pct(lat, 50):.3f} ms,"
+      f" p99 {pct(lat, 99):.3f} ms; RSS after {rss_mib():.0f} MiB")
+du = subprocess.run(["du", "-sm", os.path.join(tmp, "data")], capture_output=True, text=True).stdout.split()[0]
+print(f"  data dir: {du} MiB (unpacked artifacts + compiled code, per function)")
+EOF
