@@ -4,9 +4,12 @@
 # then times one request to first byte with curl -w '%{time_starttransfer}'.
 # Beside it, the floor: how long `node server.js` alone takes to open its port (spawned with PORT
 # set, connect polled every 1 ms), and to answer its first request.
-# Rounds interleave the two measurements; one warm-up round of each is discarded.
+# Rounds interleave the two measurements; one warm-up round of each is discarded. Each sample is
+# taken with the machine idle just before and just after it (else it is taken again), as other
+# work on the cores (a build) slows node's start.
 #
-# Env knobs: STRATUS_BIN [<repo>/target/release/stratus], ROUNDS [15]
+# Env knobs: STRATUS_BIN [<repo>/target/release/stratus], ROUNDS [15],
+#   IDLE_MAX_BUSY [20] (% of one core counted as idle), IDLE_MAX_WAIT [900] (s)
 # Everything binds 127.0.0.1; every wait is bounded.
 set -euo pipefail
 
@@ -66,6 +69,37 @@ bin_, app, gw, api, rounds, fixture = sys.argv[1], sys.argv[2], int(sys.argv[3])
 name = "bench-cold"
 url = f"http://127.0.0.1:{gw}/fn/{name}/"
 
+IDLE_MAX_BUSY = float(os.environ.get("IDLE_MAX_BUSY", "20"))
+IDLE_MAX_WAIT = float(os.environ.get("IDLE_MAX_WAIT", "900"))
+
+def busy_now(interval=0.3):
+    """CPU busy on the whole machine over `interval`, in % of one core."""
+    def snap():
+        v = list(map(int, open("/proc/stat").readline().split()[1:9]))
+        return sum(v), v[3] + v[4]
+    t0, i0 = snap(); time.sleep(interval); t1, i1 = snap()
+    return (1 - (i1 - i0) / max(1, t1 - t0)) * os.cpu_count() * 100
+
+def wait_idle():
+    """Waits until nothing else is using the cores (other builds skew start times)."""
+    start = time.time()
+    while busy_now() >= IDLE_MAX_BUSY:
+        if time.time() - start > IDLE_MAX_WAIT:
+            print(f"machine still busy after {IDLE_MAX_WAIT:.0f}s; measuring anyway", file=sys.stderr)
+            return False
+        time.sleep(1)
+    return True
+
+def quiet_sample(fn, retries=4):
+    """fn() measured with an idle machine just before and just after; else measured again."""
+    for attempt in range(retries + 1):
+        wait_idle()
+        r = fn()
+        after = busy_now()
+        if after < IDLE_MAX_BUSY or attempt == retries:
+            return r
+        print(f"  (sample discarded: the machine was busy right after it, {after:.0f}% of a core)", file=sys.stderr)
+
 def wait_port(port, timeout=20):
     deadline = time.time() + timeout
     while True:
@@ -122,10 +156,13 @@ def bare_node():
 
 cold, cold_connect, warm, node_open, node_first = [], [], [], [], []
 for i in range(rounds + 1):
-    waited = wait_zero()
-    connect_ms, ttfb_ms = curl(url)
+    def cold_sample():
+        waited = wait_zero()
+        wait_idle()
+        return waited, curl(url)
+    waited, (connect_ms, ttfb_ms) = quiet_sample(cold_sample)
     w_connect, w_ttfb = curl(url)  # the instance is warm now: the per-request floor
-    o, f = bare_node()
+    o, f = quiet_sample(bare_node)
     if i == 0:
         print(f"warm-up round (not counted): cold {ttfb_ms:.1f} ms, node port open {o:.1f} ms")
         continue

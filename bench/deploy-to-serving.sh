@@ -6,7 +6,10 @@
 # seen too). Also reports when the CLI exited, and any non-200 answers seen (there should be none:
 # the old version keeps serving until the new one is proven).
 #
-# Env knobs: STRATUS_BIN [<repo>/target/release/stratus], DEPLOYS [20], POLL_MS [2]
+# Each deploy starts with the machine idle (other work on the cores, like a build, slows node's
+# start); one during which it became busy is marked.
+# Env knobs: STRATUS_BIN [<repo>/target/release/stratus], DEPLOYS [20], POLL_MS [2],
+#   IDLE_MAX_BUSY [20] (% of one core counted as idle), IDLE_MAX_WAIT [900] (s)
 # Everything binds 127.0.0.1; each deploy is bounded (60 s).
 set -euo pipefail
 
@@ -74,6 +77,37 @@ while True:
         if time.time() > deadline: sys.exit("the API did not open")
         time.sleep(0.01)
 
+IDLE_MAX_BUSY = float(os.environ.get("IDLE_MAX_BUSY", "20"))
+IDLE_MAX_WAIT = float(os.environ.get("IDLE_MAX_WAIT", "900"))
+
+def busy_now(interval=0.3):
+    """CPU busy on the whole machine over `interval`, in % of one core."""
+    def snap():
+        v = list(map(int, open("/proc/stat").readline().split()[1:9]))
+        return sum(v), v[3] + v[4]
+    t0, i0 = snap(); time.sleep(interval); t1, i1 = snap()
+    return (1 - (i1 - i0) / max(1, t1 - t0)) * os.cpu_count() * 100
+
+def wait_idle():
+    """Waits until nothing else is using the cores (other builds skew start times)."""
+    start = time.time()
+    while busy_now() >= IDLE_MAX_BUSY:
+        if time.time() - start > IDLE_MAX_WAIT:
+            print(f"machine still busy after {IDLE_MAX_WAIT:.0f}s; measuring anyway", file=sys.stderr)
+            return False
+        time.sleep(1)
+    return True
+
+def quiet_sample(fn, retries=4):
+    """fn() measured with an idle machine just before and just after; else measured again."""
+    for attempt in range(retries + 1):
+        wait_idle()
+        r = fn()
+        after = busy_now()
+        if after < IDLE_MAX_BUSY or attempt == retries:
+            return r
+        print(f"  (sample discarded: the machine was busy right after it, {after:.0f}% of a core)", file=sys.stderr)
+
 def get():
     c = http.client.HTTPConnection("127.0.0.1", gw, timeout=5)
     try:
@@ -137,11 +171,15 @@ for i in range(1, n + 1):
                 errors["n"] += 1
                 if len(errors["seen"]) < 5: errors["seen"].append((s, b[:200]))
             time.sleep(0.005)
+    wait_idle()
     bg = threading.Thread(target=background); bg.start()
     r = deploy(value)
     stop_bg.set(); bg.join()
+    after = busy_now()
+    if after >= IDLE_MAX_BUSY:
+        r["note"] = f"  (machine busy right after: {after:.0f}% of a core)"
     samples.append(r)
-    print(f"deploy {i:>2}: v{r['version']:<3} command exited {r['exit_ms']:7.1f} ms   new version served {r['serve_ms']:7.1f} ms")
+    print(f"deploy {i:>2}: v{r['version']:<3} command exited {r['exit_ms']:7.1f} ms   new version served {r['serve_ms']:7.1f} ms{r.get('note', '')}")
     time.sleep(0.2)
 
 def pct(xs, p):  # nearest rank

@@ -22,6 +22,7 @@ use crate::{ApiError, ApiRoutes, AppState, OPENAPI, bad_request};
 const ACTOR: &str = "admin";
 
 pub fn register(r: ApiRoutes) -> ApiRoutes {
+    let r = crate::events::register(r);
     r.add("get", "/api/v1/health", get(health))
         .add("get", "/api/v1/openapi.json", get(openapi))
         .add("post", "/api/v1/deploy", post(deploy))

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod deploy;
+mod events;
 mod handlers;
 pub mod release;
 
@@ -50,33 +51,29 @@ pub struct ControlPlaneDeps {
     pub config: ApiConfig,
 }
 
-/// Everything the control plane works with.
+/// Everything the control plane works with: its dependencies (reached through `Deref`, as
+/// `cp.store`, `cp.fleet`, ...) and the state of its own.
 pub struct ControlPlane {
-    pub store: Arc<dyn Metastore>,
-    pub blobs: Arc<dyn BlobStore>,
-    pub logs: Arc<dyn LogStore>,
-    pub code: Arc<CodeCache>,
-    pub fleet: Arc<Fleet>,
-    pub router: Arc<RoutingRouter>,
-    pub stats: Arc<TrafficStats>,
-    pub shadows: Arc<ShadowRegistry>,
-    pub config: ApiConfig,
+    deps: ControlPlaneDeps,
     deploy_locks: tokio::sync::Mutex<HashMap<FunctionName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Async invocation, set once by the binary after construction (it needs the router and
+    /// fleet the control plane is built with).
+    pub events: std::sync::OnceLock<Arc<stratus_events::Engine>>,
+}
+
+impl std::ops::Deref for ControlPlane {
+    type Target = ControlPlaneDeps;
+    fn deref(&self) -> &ControlPlaneDeps {
+        &self.deps
+    }
 }
 
 impl ControlPlane {
-    pub fn new(d: ControlPlaneDeps) -> Arc<Self> {
+    pub fn new(deps: ControlPlaneDeps) -> Arc<Self> {
         Arc::new(Self {
-            store: d.store,
-            blobs: d.blobs,
-            logs: d.logs,
-            code: d.code,
-            fleet: d.fleet,
-            router: d.router,
-            stats: d.stats,
-            shadows: d.shadows,
-            config: d.config,
+            deps,
             deploy_locks: Default::default(),
+            events: Default::default(),
         })
     }
 }

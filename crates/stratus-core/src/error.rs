@@ -15,6 +15,7 @@ pub enum ErrorCode {
     VersionNotFound,
     AliasNotFound,
     RouteNotFound,
+    InvocationNotFound,
     Conflict,
     AliasInUse,
     NoHistory,
@@ -23,6 +24,7 @@ pub enum ErrorCode {
     UpstreamError,
     Timeout,
     Overloaded,
+    Throttled,
     ShuttingDown,
     Internal,
 }
@@ -39,6 +41,7 @@ impl ErrorCode {
             ErrorCode::VersionNotFound => "version_not_found",
             ErrorCode::AliasNotFound => "alias_not_found",
             ErrorCode::RouteNotFound => "route_not_found",
+            ErrorCode::InvocationNotFound => "invocation_not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::AliasInUse => "alias_in_use",
             ErrorCode::NoHistory => "no_history",
@@ -47,6 +50,7 @@ impl ErrorCode {
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Throttled => "throttled",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }
@@ -59,9 +63,11 @@ impl ErrorCode {
             ErrorCode::FunctionNotFound
             | ErrorCode::VersionNotFound
             | ErrorCode::AliasNotFound
-            | ErrorCode::RouteNotFound => 404,
+            | ErrorCode::RouteNotFound
+            | ErrorCode::InvocationNotFound => 404,
             ErrorCode::Conflict | ErrorCode::AliasInUse | ErrorCode::NoHistory => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Throttled => 429,
             ErrorCode::DeployFailed => 422,
             ErrorCode::Internal => 500,
             ErrorCode::InstanceStartFailed | ErrorCode::UpstreamError => 502,

@@ -5,11 +5,13 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod events;
 mod names;
 mod spec;
 pub mod traffic;
 
 pub use error::{ErrorCode, PlatformError};
+pub use events::{AsyncSpec, Destination, EventSpec, TriggerSpec};
 pub use names::{AliasName, FunctionName, LATEST, NameError, Target, VersionNumber};
 pub use spec::{
     Build, FunctionSpec, Health, HostPattern, Limits, RouteSpec, RuntimeKind, Scaling,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AliasName, FunctionName};
+use crate::{AliasName, EventSpec, FunctionName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -16,15 +16,32 @@ pub enum RuntimeKind {
     Process,
     /// A WebAssembly component exporting `wasi:http/incoming-handler`, instantiated per request.
     Wasm,
+    /// A `bootstrap` (the manifest's `command`) speaking the AWS Lambda Runtime API.
+    Lambda,
+    /// A Node.js handler (`handler = "index.handler"`) run by the platform's bootstrap.
+    Node,
+    /// A Python handler (`handler = "main.handler"`) run by the platform's bootstrap.
+    Python,
 }
 
 impl RuntimeKind {
-    pub const ALL: &'static [&'static str] = &["process", "wasm"];
+    pub const ALL: &'static [&'static str] = &["process", "wasm", "lambda", "node", "python"];
     pub fn as_str(&self) -> &'static str {
         match self {
             RuntimeKind::Process => "process",
             RuntimeKind::Wasm => "wasm",
+            RuntimeKind::Lambda => "lambda",
+            RuntimeKind::Node => "node",
+            RuntimeKind::Python => "python",
         }
+    }
+
+    /// Runtimes whose instances run one invocation at a time through the Runtime API.
+    pub fn is_handler(&self) -> bool {
+        matches!(
+            self,
+            RuntimeKind::Lambda | RuntimeKind::Node | RuntimeKind::Python
+        )
     }
 }
 
@@ -41,6 +58,10 @@ pub struct FunctionSpec {
     pub health: Health,
     pub routes: Vec<RouteSpec>,
     pub build: Build,
+    /// Handler, async delivery and triggers; empty (and not serialized) unless the manifest uses
+    /// them.
+    #[serde(default, skip_serializing_if = "EventSpec::is_empty")]
+    pub events: EventSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,11 +108,27 @@ impl Default for Limits {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Scaling {
     pub min: u32,
     pub max: u32,
     #[serde(with = "duration_serde")]
     pub idle_timeout: Duration,
+    /// Share of an instance's `concurrency` the autoscaler aims to use (headroom for bursts).
+    pub target_utilization: f64,
+    /// Requests that may wait for a slot per version; past it, 429.
+    pub max_queue: u32,
+    /// How long a request may wait for a slot; past it, 503. Defaults to the function's timeout.
+    #[serde(with = "opt_duration_serde", skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<Duration>,
+    /// Demand must stay low this long before busy instances are removed (idle ones still go
+    /// after `idle_timeout`).
+    #[serde(with = "duration_serde")]
+    pub scale_down_delay: Duration,
+    /// Hard cap on in-flight requests over all versions of the function (reserved
+    /// concurrency); past it, 429.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved_concurrency: Option<u32>,
 }
 
 impl Default for Scaling {
@@ -100,6 +137,11 @@ impl Default for Scaling {
             min: 0,
             max: 4,
             idle_timeout: Duration::from_secs(300),
+            target_utilization: 0.7,
+            max_queue: 100,
+            queue_timeout: None,
+            scale_down_delay: Duration::from_secs(30),
+            reserved_concurrency: None,
         }
     }
 }
@@ -225,6 +267,26 @@ impl HostPattern {
             self.host == host
         };
         port_ok && host_ok
+    }
+}
+
+/// Optional durations as humantime strings.
+pub mod opt_duration_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_serde::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 

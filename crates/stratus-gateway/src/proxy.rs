@@ -81,7 +81,10 @@ pub(crate) fn error_response(err: &PlatformError, request_id: &HeaderValue) -> R
     );
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
-    if matches!(err.code, ErrorCode::Overloaded | ErrorCode::ShuttingDown) {
+    if matches!(
+        err.code,
+        ErrorCode::Overloaded | ErrorCode::Throttled | ErrorCode::ShuttingDown
+    ) {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
@@ -240,7 +243,10 @@ impl Gateway {
         let timeout = spec.limits.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let pool = self.fleet.pool(spec, version.number, &version.artifact);
-        let lease = match pool.acquire(deadline).await {
+        // Waiting for a slot is bounded by the queue timeout (503 past it), the call by the timeout.
+        let queue_timeout = spec.scaling.queue_timeout.unwrap_or(timeout).min(timeout);
+        let queue_deadline = tokio::time::Instant::now() + queue_timeout;
+        let lease = match pool.acquire(queue_deadline).await {
             Ok(l) => l,
             Err(e) => {
                 let err = match e {
@@ -254,10 +260,13 @@ impl Gateway {
                     AcquireError::Timeout => PlatformError::new(
                         ErrorCode::Overloaded,
                         format!(
-                            "no instance of `{}` had a free slot within {timeout:?}",
+                            "no instance of `{}` had a free slot within {queue_timeout:?}",
                             spec.name
                         ),
                     ),
+                    AcquireError::QueueFull(why) | AcquireError::Throttled(why) => {
+                        PlatformError::new(ErrorCode::Throttled, why)
+                    }
                     AcquireError::ShuttingDown => {
                         PlatformError::new(ErrorCode::ShuttingDown, "the server is shutting down")
                     }

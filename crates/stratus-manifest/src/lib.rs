@@ -5,8 +5,10 @@
 //! that `stratus deploy` can print `stratus.toml:7:1: limits.timout: unknown key ...`.
 #![forbid(unsafe_code)]
 
+mod events;
 mod locate;
 mod runtime;
+pub mod schedule;
 mod schema;
 
 use std::fmt;

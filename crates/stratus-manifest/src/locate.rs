@@ -48,22 +48,33 @@ pub fn key_at(src: &str, offset: usize) -> Option<String> {
 }
 
 /// Finds where a dotted key (`limits.timeout`, `routes.path`, or `name`) is defined.
+/// `triggers[1].cron` is the key in the second `[[triggers]]` table.
 pub fn find_key(src: &str, dotted: &str) -> Option<(usize, usize)> {
     let (table, key) = match dotted.rsplit_once('.') {
         Some((t, k)) => (Some(t), k),
         None => (None, dotted),
     };
+    let (table, nth) = match table.and_then(|t| t.strip_suffix(']')?.split_once('[')) {
+        Some((t, n)) => (Some(t), n.parse::<usize>().ok()),
+        None => (table, None),
+    };
     let mut current: Option<String> = None;
+    let mut seen = 0usize;
+    let mut in_nth = nth.is_none();
     let mut table_line = None;
     for (i, line) in src.lines().enumerate() {
         if let Some(h) = header_of(line) {
             current = Some(h);
-            if table == current.as_deref() && table_line.is_none() {
-                table_line = Some(i + 1);
+            if table == current.as_deref() {
+                in_nth = nth.is_none_or(|n| n == seen);
+                seen += 1;
+                if in_nth && table_line.is_none() {
+                    table_line = Some(i + 1);
+                }
             }
             continue;
         }
-        if current.as_deref() == table && key_of(line).as_deref() == Some(key) {
+        if current.as_deref() == table && in_nth && key_of(line).as_deref() == Some(key) {
             let col = line.len() - line.trim_start().len() + 1;
             return Some((i + 1, col));
         }
@@ -82,6 +93,9 @@ mod tests {
         assert_eq!(find_key(DOC, "name"), Some((1, 1)));
         assert_eq!(find_key(DOC, "limits.timeout"), Some((3, 1)));
         assert_eq!(find_key(DOC, "routes.path"), Some((5, 1)));
+        let two = "[[t]]\ncron = \"a\"\n[[t]]\ncron = \"b\"\n";
+        assert_eq!(find_key(two, "t[0].cron"), Some((2, 1)));
+        assert_eq!(find_key(two, "t[1].cron"), Some((4, 1)));
         assert_eq!(
             key_at(DOC, DOC.find("1s").unwrap()),
             Some("limits.timeout".into())

@@ -69,6 +69,9 @@ impl RuntimeChecks {
                 })?;
                 vec![component_path(c)?]
             }
+            RuntimeKind::Lambda | RuntimeKind::Node | RuntimeKind::Python => {
+                handler_runtime(m, command)?
+            }
         };
         Ok(Self {
             kind: m.runtime,
@@ -81,6 +84,19 @@ impl RuntimeChecks {
         let default = match self.kind {
             RuntimeKind::Process => Limits::default().concurrency,
             RuntimeKind::Wasm => Limits::WASM_CONCURRENCY,
+            // One invocation per instance at a time, as in Lambda: the Runtime API's `next`
+            // hands out one event and waits for its response.
+            RuntimeKind::Lambda | RuntimeKind::Node | RuntimeKind::Python => {
+                return match v {
+                    None | Some(1) => Ok(1),
+                    Some(n) => Err(invalid(
+                        "limits.concurrency",
+                        format!(
+                            "{n} is not allowed: a handler runtime runs one invocation per instance at a time (scale with `scaling.max`)"
+                        ),
+                    )),
+                };
+            }
         };
         count("limits.concurrency", v, default, 1, 10_000)
     }
@@ -131,4 +147,47 @@ fn component_path(c: &str) -> Result<String, Invalid> {
         ));
     }
     Ok(c.trim_start_matches("./").to_string())
+}
+
+/// `lambda` runs the manifest's `command` as its bootstrap; `node` and `python` run the
+/// platform's own bootstrap with the interpreter as `command`. None of them opens a port, so a
+/// health path means nothing (ready is the bootstrap's first `next`).
+fn handler_runtime(m: &Manifest, command: Option<Vec<String>>) -> Result<Vec<String>, Invalid> {
+    let rt = m.runtime.as_str();
+    for (key, set) in [
+        ("component", m.component.is_some()),
+        ("allowed_outbound_hosts", m.allowed_outbound_hosts.is_some()),
+        ("limits.memory", m.limits.memory.is_some()),
+    ] {
+        if set {
+            return Err(invalid(
+                key,
+                format!("`{key}` is for runtime \"wasm\"; runtime \"{rt}\" is not sandboxed"),
+            ));
+        }
+    }
+    if m.health.path.is_some() {
+        return Err(invalid(
+            "health.path",
+            format!(
+                "runtime \"{rt}\" has no health check: an instance is ready when its bootstrap first asks for an invocation"
+            ),
+        ));
+    }
+    match m.runtime {
+        RuntimeKind::Lambda => command.ok_or_else(|| {
+            invalid(
+                "runtime",
+                "runtime \"lambda\" needs a `command`: the bootstrap, like command = [\"python3\", \"-m\", \"awslambdaric\", \"app.handler\"]",
+            )
+        }),
+        _ if command.is_some() => Err(invalid(
+            "command",
+            format!(
+                "runtime \"{rt}\" runs the platform's bootstrap: remove `command` (set `handler`), or use runtime \"lambda\" with your own bootstrap"
+            ),
+        )),
+        RuntimeKind::Node => Ok(vec!["node".into()]),
+        _ => Ok(vec!["python3".into()]),
+    }
 }

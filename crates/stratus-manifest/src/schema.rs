@@ -38,6 +38,12 @@ pub struct Manifest {
     pub routes: Vec<RouteToml>,
     #[serde(default)]
     pub build: BuildToml,
+    /// `node` / `python` (optional for `lambda`): `module.export`.
+    pub handler: Option<String>,
+    #[serde(rename = "async")]
+    pub async_: Option<crate::events::AsyncToml>,
+    #[serde(default)]
+    pub triggers: Vec<crate::events::TriggerToml>,
 }
 
 /// A command as an argument list, or as one string split on whitespace.
@@ -73,6 +79,11 @@ pub struct ScalingToml {
     pub min: Option<i64>,
     pub max: Option<i64>,
     pub idle_timeout: Option<String>,
+    pub target_utilization: Option<f64>,
+    pub max_queue: Option<i64>,
+    pub queue_timeout: Option<String>,
+    pub scale_down_delay: Option<String>,
+    pub reserved_concurrency: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +203,14 @@ impl Manifest {
                     ),
                 ));
             }
+            if k.starts_with("AWS_LAMBDA_") && self.runtime.is_handler() {
+                return Err(invalid(
+                    &format!("env.{k}"),
+                    format!(
+                        "{k} is set by the platform for each instance and cannot be overridden"
+                    ),
+                ));
+            }
             if k == "PORT" && self.runtime == RuntimeKind::Process {
                 return Err(invalid(
                     "env.PORT",
@@ -221,6 +240,18 @@ impl Manifest {
             allowed_outbound_hosts: runtime.allowed_outbound_hosts()?,
         };
         let sd = Scaling::default();
+        let target_utilization = self
+            .scaling
+            .target_utilization
+            .unwrap_or(sd.target_utilization);
+        if !(0.1..=1.0).contains(&target_utilization) {
+            return Err(invalid(
+                "scaling.target_utilization",
+                format!(
+                    "{target_utilization} is out of range: allowed 0.1 to 1.0 (a share of `limits.concurrency`)"
+                ),
+            ));
+        }
         let scaling = Scaling {
             min: count("scaling.min", self.scaling.min, sd.min, 0, 1000)?,
             max: count("scaling.max", self.scaling.max, sd.max, 1, 1000)?,
@@ -229,6 +260,37 @@ impl Manifest {
                 &self.scaling.idle_timeout,
                 sd.idle_timeout,
             )?,
+            target_utilization,
+            max_queue: count(
+                "scaling.max_queue",
+                self.scaling.max_queue,
+                sd.max_queue,
+                0,
+                1_000_000,
+            )?,
+            queue_timeout: match &self.scaling.queue_timeout {
+                None => None,
+                Some(_) => Some(duration(
+                    "scaling.queue_timeout",
+                    &self.scaling.queue_timeout,
+                    Duration::ZERO,
+                )?),
+            },
+            scale_down_delay: duration(
+                "scaling.scale_down_delay",
+                &self.scaling.scale_down_delay,
+                sd.scale_down_delay,
+            )?,
+            reserved_concurrency: match self.scaling.reserved_concurrency {
+                None => None,
+                Some(n) => Some(count(
+                    "scaling.reserved_concurrency",
+                    Some(n),
+                    0,
+                    1,
+                    1_000_000,
+                )?),
+            },
         };
         if scaling.min > scaling.max {
             return Err(invalid(
@@ -307,6 +369,12 @@ impl Manifest {
             health,
             routes,
             build,
+            events: crate::events::validate(
+                self.runtime,
+                &self.handler,
+                &self.async_,
+                &self.triggers,
+            )?,
         })
     }
 }

@@ -340,6 +340,7 @@ mod tests {
                 health: Health::default(),
                 routes,
                 build: Build::default(),
+                events: Default::default(),
             },
             artifact: String::new(),
             artifact_size: 0,

@@ -16,7 +16,10 @@ use async_trait::async_trait;
 use stratus_core::{FunctionSpec, VersionNumber};
 use stratus_runtime::{CodeCache, Instance, LogSink, PreparedVersion, Runtime, RuntimeError};
 
+/// Process plumbing the handler runtimes (`stratus-runtime-lambda`) start their bootstraps with.
+pub use install::run_once as run_install;
 pub use instance::ProcessInstance;
+pub use spawn::{OutputTail, capture_output, configure_child, resolve_program, signal_group};
 
 pub struct ProcessRuntime {
     code: Arc<CodeCache>,

@@ -118,8 +118,22 @@ fn platform_line(logs: &dyn LogSink, p: &PreparedVersion, instance: &str, line: 
     });
 }
 
+/// Signals an instance's whole process group (the leader was started with
+/// [`configure_child`]). Shared with the handler runtimes, whose crates forbid unsafe code.
 #[allow(unsafe_code)]
-fn configure_child(cmd: &mut Command) {
+pub fn signal_group(pid: i32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) with a negative pid signals a process group; it has no memory-safety
+        // preconditions.
+        unsafe {
+            libc::kill(-pid, sig);
+        }
+    }
+}
+
+/// Own process group and `PR_SET_PDEATHSIG`, for every instance process the platform starts.
+#[allow(unsafe_code)]
+pub fn configure_child(cmd: &mut Command) {
     // Own process group: stop signals the group, reaching grandchildren too.
     cmd.process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only calls prctl and getppid,

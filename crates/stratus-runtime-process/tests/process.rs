@@ -50,6 +50,7 @@ fn prepared(dir: &std::path::Path, command: &[&str], env: &[(&str, &str)]) -> Pr
         },
         routes: vec![],
         build: Build::default(),
+        events: Default::default(),
     };
     PreparedVersion {
         spec: Arc::new(spec),

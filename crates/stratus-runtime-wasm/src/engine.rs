@@ -17,13 +17,24 @@ pub struct EngineOptions {
     /// Component instances alive at once across all functions: requests in flight. Only the
     /// pooling allocator bounds it; past it a request gets 503.
     pub max_instances: u32,
+    /// Threads of the guest runtime ([`GuestThreads`]); 0 runs guests on the caller's runtime
+    /// (the gateway's), which saves a thread hop per request but lets busy guests delay others.
+    pub guest_threads: usize,
 }
+
+/// Overrides [`EngineOptions::guest_threads`] (a tuning knob for benchmarks and small hosts).
+pub const GUEST_THREADS_ENV: &str = "STRATUS_WASM_GUEST_THREADS";
 
 impl Default for EngineOptions {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             pooling: true,
             max_instances: 1000,
+            guest_threads: std::env::var(GUEST_THREADS_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(cores),
         }
     }
 }
@@ -149,18 +160,25 @@ pub fn fingerprint(engine: &Engine) -> String {
 pub struct GuestThreads(Option<tokio::runtime::Runtime>);
 
 impl GuestThreads {
-    pub fn start() -> std::io::Result<Self> {
-        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+    /// `threads == 0`: no runtime of its own; guests run wherever `handle` is called.
+    pub fn start(threads: usize) -> std::io::Result<Self> {
+        if threads == 0 {
+            return Ok(Self(None));
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
+            .worker_threads(threads)
             .thread_name("wasm-guest")
             .enable_all()
             .build()?;
         Ok(Self(Some(rt)))
     }
 
+    /// Where to spawn a request's guest. Called from async code (`Runtime::start`).
     pub fn handle(&self) -> tokio::runtime::Handle {
-        self.0.as_ref().expect("running").handle().clone()
+        match &self.0 {
+            Some(rt) => rt.handle().clone(),
+            None => tokio::runtime::Handle::current(),
+        }
     }
 }
 

@@ -329,7 +329,7 @@ impl Instance for WasmInstance {
     async fn stop(&self, _grace: Duration) {
         // Nothing runs between requests; in-flight ones own their stores and finish (or hit
         // their deadline). Reporting an exit lets the pool forget this instance.
-        let _ = self.health_tx.send(InstanceHealth::Exited {
+        self.health_tx.send_replace(InstanceHealth::Exited {
             code: Some(0),
             signal: None,
         });

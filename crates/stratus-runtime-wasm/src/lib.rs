@@ -38,7 +38,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 pub use compile::{CompileError, HANDLER};
-pub use engine::{EPOCH_TICK, EngineOptions};
+pub use engine::{EPOCH_TICK, EngineOptions, GUEST_THREADS_ENV};
 pub use instance::WasmInstance;
 
 use crate::compile::Loaded;
@@ -91,10 +91,12 @@ impl WasmRuntime {
             (None, false) => "on-demand allocation".to_string(),
         };
         tracing::info!(
-            "wasm runtime: wasmtime 48, {allocator}, compiled code in {}",
+            "wasm runtime: wasmtime 48, {allocator}, {} guest threads, compiled code in {}",
+            config.engine.guest_threads,
             config.cache_dir.display()
         );
-        let guests = engine::GuestThreads::start().map_err(|e| fail("guest threads", &e))?;
+        let guests = engine::GuestThreads::start(config.engine.guest_threads)
+            .map_err(|e| fail("guest threads", &e))?;
         Ok(Self {
             engine,
             guests,
@@ -143,6 +145,12 @@ impl WasmRuntime {
         force: bool,
     ) -> Result<bool, RuntimeError> {
         let dest = self.compiled_path(p);
+        let cached = || async { !force && tokio::fs::try_exists(&dest).await.unwrap_or(false) };
+        if cached().await {
+            return Ok(false);
+        }
+        let file = component_of(&p.spec).to_string();
+        let src = inside(&p.dir, &file)?;
         let lock = self
             .compiling
             .lock()
@@ -151,20 +159,23 @@ impl WasmRuntime {
             .or_default()
             .clone();
         let _guard = lock.lock().await;
-        if !force && tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+        // Someone compiled it while we waited.
+        if cached().await {
             return Ok(false);
         }
-        let file = component_of(&p.spec).to_string();
-        let src = inside(&p.dir, &file)?;
         let (engine, linker) = (self.engine.clone(), self.linker.clone());
         let target = dest.clone();
         let name = file.clone();
-        let took = tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             compile::compile_to_cache(&engine, &linker, &src, &name, &target)
         })
-        .await
-        .map_err(|e| RuntimeError::PrepareFailed(format!("the compile task failed: {e}")))?
-        .map_err(|e| RuntimeError::PrepareFailed(e.to_string()))?;
+        .await;
+        // Later callers find the file (or compile again after a failure): the lock has done its
+        // job, and the map must not keep an entry for every component ever deployed.
+        self.compiling.lock().await.remove(&dest);
+        let took = result
+            .map_err(|e| RuntimeError::PrepareFailed(format!("the compile task failed: {e}")))?
+            .map_err(|e| RuntimeError::PrepareFailed(e.to_string()))?;
         let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
         self.platform(
             &p.spec,

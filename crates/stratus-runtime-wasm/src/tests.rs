@@ -120,6 +120,7 @@ fn spec(limits: Limits, env: &[(&str, &str)]) -> FunctionSpec {
         health: Health::default(),
         routes: vec![],
         build: Build::default(),
+        events: Default::default(),
     }
 }
 

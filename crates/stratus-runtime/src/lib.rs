@@ -56,6 +56,16 @@ pub enum RuntimeError {
     Upstream(String),
 }
 
+/// Marks a request the events engine built for an async, timer or direct invocation: its body is
+/// the event payload itself. Handler runtimes hand that payload to the handler as the event
+/// (rather than mapping an HTTP request into one) and answer with the handler's raw result;
+/// HTTP-server runtimes ignore the marker and serve the request (a CloudEvents POST) as any other.
+#[derive(Debug, Clone)]
+pub struct DirectEvent {
+    /// The invocation id, used as the request id.
+    pub id: String,
+}
+
 /// Where captured output goes. Implementations must never block: the runtime calls this from its
 /// output readers.
 pub trait LogSink: Send + Sync + 'static {

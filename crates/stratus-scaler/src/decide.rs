@@ -83,6 +83,7 @@ mod tests {
             min,
             max,
             idle_timeout: Duration::from_secs(60),
+            ..Scaling::default()
         }
     }
 

@@ -21,7 +21,7 @@ impl Default for FleetConfig {
     fn default() -> Self {
         Self {
             stop_grace: Duration::from_secs(10),
-            tick: Duration::from_millis(500),
+            tick: Duration::from_millis(200),
         }
     }
 }
@@ -34,6 +34,8 @@ pub struct Fleet {
     /// By name first, so the request path looks a pool up by `&str` without allocating.
     pools: Mutex<Pools>,
     routable: Mutex<HashSet<VersionKey>>,
+    /// In-flight requests per function, over all its versions (reserved concurrency).
+    in_flight: Mutex<HashMap<FunctionName, Arc<std::sync::atomic::AtomicU32>>>,
     config: FleetConfig,
 }
 
@@ -43,6 +45,7 @@ impl Fleet {
             runtimes,
             pools: Mutex::new(HashMap::new()),
             routable: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
             config,
         })
     }
@@ -88,6 +91,13 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&key);
+        let counter = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.0.clone())
+            .or_default()
+            .clone();
         let mut pools = self.pools();
         pools
             .entry(key.0)
@@ -100,6 +110,7 @@ impl Fleet {
                     artifact.to_string(),
                     runtime,
                     self.config.stop_grace,
+                    counter,
                 );
                 p.set_routable(routable);
                 p

@@ -7,13 +7,15 @@
 //! response body has been sent. The real autoscaler (issue 6) replaces [`decide`] and the tick;
 //! the lease/pool interface the gateway uses stays.
 
+mod autoscale;
 mod decide;
 mod fleet;
 mod pool;
 
+pub use autoscale::{AutoscaleDecision, AutoscaleInput, AutoscalerState, autoscale};
 pub use decide::{Observation, ScaleDecision, decide, restart_backoff};
 pub use fleet::{Fleet, FleetConfig, VersionKey};
-pub use pool::{InstancePool, InstanceStatus, Lease, PoolStatus};
+pub use pool::{InstancePool, InstanceStatus, Lease, PoolStatus, ScaleEvent};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AcquireError {
@@ -25,4 +27,10 @@ pub enum AcquireError {
     Timeout,
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The version's wait queue is full (429).
+    #[error("{0}")]
+    QueueFull(String),
+    /// The function is at its reserved concurrency (429).
+    #[error("{0}")]
+    Throttled(String),
 }

@@ -1,3 +1,4 @@
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use stratus_runtime::{Instance, InstanceHealth, PreparedVersion, Runtime};
 use tokio::sync::Notify;
 
 use crate::AcquireError;
+use crate::autoscale::{AutoscaleInput, AutoscalerState, autoscale};
 use crate::decide::{Observation, ScaleDecision, decide, restart_backoff};
 
 /// An instance lived less than this before exiting: count it as a crash loop step.
@@ -43,6 +45,31 @@ struct PoolState {
     last_error: Option<String>,
     crashes: u64,
     starts: u64,
+    auto: AutoscalerState,
+    desired: u32,
+    panic: bool,
+    /// The last scaling decisions that changed the size, newest last.
+    events: VecDeque<ScaleEvent>,
+}
+
+/// A scaling decision, for `stratus info`: when, from how many to how many, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleEvent {
+    pub at: i64,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+}
+
+const EVENTS_KEPT: usize = 10;
+
+/// One in-flight request counted against the function's reserved concurrency.
+struct FunctionPermit(Arc<AtomicU32>);
+
+impl Drop for FunctionPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The instances of one version.
@@ -56,6 +83,9 @@ pub struct InstancePool {
     changed: Notify,
     routable: AtomicBool,
     closed: AtomicBool,
+    /// In flight over every version of the function (shared by its pools).
+    function_in_flight: Arc<AtomicU32>,
+    created: Instant,
     stop_grace: Duration,
 }
 
@@ -63,6 +93,7 @@ pub struct InstancePool {
 pub struct Lease {
     slot: Arc<Slot>,
     pool: Arc<InstancePool>,
+    _function: Option<FunctionPermit>,
 }
 
 impl Lease {
@@ -101,6 +132,10 @@ pub struct PoolStatus {
     pub starts: u64,
     pub crashes: u64,
     pub last_error: Option<String>,
+    /// What the autoscaler wants (ready + starting).
+    pub desired: u32,
+    pub panic: bool,
+    pub scale_events: Vec<ScaleEvent>,
 }
 
 struct WaitGuard<'a>(&'a InstancePool);
@@ -118,6 +153,7 @@ impl InstancePool {
         artifact: String,
         runtime: Arc<dyn Runtime>,
         stop_grace: Duration,
+        function_in_flight: Arc<AtomicU32>,
     ) -> Arc<Self> {
         Arc::new(Self {
             spec,
@@ -129,6 +165,8 @@ impl InstancePool {
             changed: Notify::new(),
             routable: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            function_in_flight,
+            created: Instant::now(),
             stop_grace,
         })
     }
@@ -164,6 +202,7 @@ impl InstancePool {
         Some(Lease {
             slot: slot.clone(),
             pool: self.clone(),
+            _function: None,
         })
     }
 
@@ -197,6 +236,32 @@ impl InstancePool {
         self: &Arc<Self>,
         deadline: tokio::time::Instant,
     ) -> Result<Lease, AcquireError> {
+        let permit = self.admit()?;
+        let mut lease = self.acquire_slot(deadline).await?;
+        lease._function = permit;
+        Ok(lease)
+    }
+
+    /// Counts the request against the function's reserved concurrency, if it has one.
+    fn admit(&self) -> Result<Option<FunctionPermit>, AcquireError> {
+        let Some(cap) = self.spec.scaling.reserved_concurrency else {
+            return Ok(None);
+        };
+        let before = self.function_in_flight.fetch_add(1, Ordering::AcqRel);
+        let permit = FunctionPermit(self.function_in_flight.clone());
+        if before >= cap {
+            return Err(AcquireError::Throttled(format!(
+                "`{}` is at its reserved concurrency of {cap} requests in flight",
+                self.spec.name
+            )));
+        }
+        Ok(Some(permit))
+    }
+
+    async fn acquire_slot(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Lease, AcquireError> {
         // Fast path: a free slot, no bookkeeping.
         if let Some(lease) = self.try_lease(&self.lock()) {
             return Ok(lease);
@@ -204,6 +269,13 @@ impl InstancePool {
         let epoch_at_start;
         {
             let mut st = self.lock();
+            // A bounded queue: past it, shed load now rather than pile requests up.
+            if st.waiting >= self.spec.scaling.max_queue {
+                return Err(AcquireError::QueueFull(format!(
+                    "{} requests already wait for `{}` version {} (scaling.max_queue)",
+                    st.waiting, self.spec.name, self.version
+                )));
+            }
             epoch_at_start = st.failure_epoch;
             st.waiting += 1;
         }
@@ -287,11 +359,76 @@ impl InstancePool {
 
     /// One scheduling pass: the ticker's entry point.
     pub(crate) fn tick(self: &Arc<Self>) {
-        let d = {
-            let st = self.lock();
-            decide(&self.observe(&st), &self.spec.scaling)
+        let (d, drain) = {
+            let mut st = self.lock();
+            let obs = self.observe(&st);
+            let mut d = decide(&obs, &self.spec.scaling);
+            let current = obs.ready + obs.starting;
+            let a = autoscale(
+                &mut st.auto,
+                AutoscaleInput {
+                    now_ms: self.created.elapsed().as_millis() as u64,
+                    demand: obs.in_flight + obs.waiting,
+                    current,
+                    concurrency: obs.concurrency,
+                    scaling: &self.spec.scaling,
+                    routable: obs.routable,
+                },
+            );
+            if a.desired > current && !obs.in_backoff {
+                d.start = d.start.max(a.desired - current);
+            }
+            // Busy instances beyond the desired size drain (finishing what they serve).
+            let mut drain = Vec::new();
+            if a.may_scale_down && obs.starting == 0 {
+                let surplus = obs
+                    .ready
+                    .saturating_sub(a.desired)
+                    .saturating_sub(d.stop.len() as u32);
+                let mut live: Vec<_> = st
+                    .slots
+                    .iter()
+                    .filter(|s| {
+                        !s.draining.load(Ordering::Relaxed)
+                            && !d.stop.iter().any(|id| id == s.instance.id())
+                    })
+                    .cloned()
+                    .collect();
+                live.sort_by_key(|s| s.in_flight.load(Ordering::Relaxed));
+                for s in live.into_iter().take(surplus as usize) {
+                    s.draining.store(true, Ordering::Relaxed);
+                    drain.push(s);
+                }
+            }
+            let to = (current + d.start).saturating_sub((d.stop.len() + drain.len()) as u32);
+            if to != current {
+                let reason = if d.start > 0 && obs.waiting > 0 && !a.panic {
+                    format!("{} requests waiting for a slot", obs.waiting)
+                } else if !d.stop.is_empty() && drain.is_empty() {
+                    format!("{} idle past idle_timeout", d.stop.len())
+                } else {
+                    a.reason.clone()
+                };
+                if st.events.len() == EVENTS_KEPT {
+                    st.events.pop_front();
+                }
+                st.events.push_back(ScaleEvent {
+                    at: now_ms(),
+                    from: current,
+                    to,
+                    reason,
+                });
+            }
+            st.desired = a.desired;
+            st.panic = a.panic;
+            (d, drain)
         };
         self.apply(d);
+        let wait = self.spec.limits.timeout;
+        for slot in drain {
+            let pool = self.clone();
+            tokio::spawn(async move { pool.drain_and_stop(slot, wait).await });
+        }
     }
 
     async fn prepared(&self) -> Result<PreparedVersion, String> {
@@ -466,6 +603,9 @@ impl InstancePool {
             starts: st.starts,
             crashes: st.crashes,
             last_error: st.last_error.clone(),
+            desired: st.desired,
+            panic: st.panic,
+            scale_events: st.events.iter().cloned().collect(),
         }
     }
 

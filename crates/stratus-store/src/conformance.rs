@@ -26,6 +26,7 @@ fn spec(name: &str) -> FunctionSpec {
         health: Health::default(),
         routes: vec![],
         build: Build::default(),
+        events: Default::default(),
     }
 }
 

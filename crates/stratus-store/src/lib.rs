@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conformance;
+pub mod events;
 mod records;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use stratus_core::{
 };
 use tokio::io::AsyncRead;
 
+pub use events::{AttemptError, EventStore, Invocation, InvocationState, NewInvocation, Outcome};
 pub use records::*;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

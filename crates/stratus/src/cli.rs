@@ -123,6 +123,24 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Invoke a function now (its response is printed) or with --async (queued, retried); or
+    /// `invoke status ID` for an invocation's state and result.
+    #[command(args_conflicts_with_subcommands = true)]
+    Invoke {
+        #[command(subcommand)]
+        command: Option<crate::invoke::InvokeCommand>,
+        #[command(flatten)]
+        args: crate::invoke::InvokeArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Dead letters: async invocations that ran out of retries (`dlq list NAME`, `dlq redrive`).
+    Dlq {
+        #[command(subcommand)]
+        command: crate::invoke::DlqCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete a function (or one version of it with --version).
     Delete {
         name: String,
@@ -365,6 +383,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             start,
             client: c,
         } => release(command, start, &c).await,
+        Command::Invoke {
+            command,
+            args,
+            client: c,
+        } => crate::invoke::invoke(command, args, &c).await,
+        Command::Dlq { command, client: c } => crate::invoke::dlq(command, &c).await,
         Command::Delete {
             name,
             version,

@@ -11,6 +11,7 @@ mod client;
 mod deploy;
 mod dev;
 mod init;
+mod invoke;
 mod output;
 mod serve;
 

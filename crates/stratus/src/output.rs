@@ -163,6 +163,31 @@ pub fn info(v: &Value, as_json: bool) -> Result<()> {
         );
     }
     for p in items(&v["pools"]) {
+        let ready = items(&p["instances"])
+            .iter()
+            .filter(|i| i["state"] == "ready")
+            .count();
+        println!(
+            "version {}: {ready} ready, {} starting, {} waiting, desired {}{}",
+            s(&p["version"]),
+            s(&p["starting"]),
+            s(&p["waiting"]),
+            s(&p["desired"]),
+            if p["panic"] == true {
+                " (panic: a burst)"
+            } else {
+                ""
+            }
+        );
+        for e in items(&p["scale_events"]) {
+            println!(
+                "  {}  {} -> {}  {}",
+                time(&e["at"]),
+                s(&e["from"]),
+                s(&e["to"]),
+                s(&e["reason"])
+            );
+        }
         if let Some(e) = p["last_error"].as_str() {
             println!("version {} last error: {e}", s(&p["version"]));
         }

@@ -15,6 +15,7 @@ use stratus_core::RuntimeKind;
 use stratus_gateway::Gateway;
 use stratus_router::{Router, RoutingTable};
 use stratus_runtime::{CodeCache, LogSink, Runtime};
+use stratus_runtime_lambda::LambdaRuntime;
 use stratus_runtime_process::ProcessRuntime;
 use stratus_runtime_wasm::{WasmConfig, WasmRuntime};
 use stratus_scaler::{Fleet, FleetConfig};
@@ -143,6 +144,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         SqliteStore::open(&data.join("stratus.db")).context("failed to open the metastore")?,
     );
     let store: Arc<dyn Metastore> = sqlite.clone();
+    let event_store: Arc<dyn stratus_store::EventStore> = sqlite.clone();
     let logs: Arc<dyn LogStore> = sqlite;
     let blobs: Arc<dyn BlobStore> = Arc::new(
         LocalBlobStore::open(data.join("blobs")).context("failed to open the blob store")?,
@@ -154,6 +156,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     )?);
     let hub = LogHub::start(logs.clone(), LogConfig::default(), args.echo_logs);
     let sink: Arc<dyn LogSink> = hub.clone();
+    // One runtime for every handler kind: lambda (your bootstrap), node and python (ours).
+    let handlers: Arc<dyn Runtime> = Arc::new(
+        LambdaRuntime::new(code.clone(), hub.clone(), &data.join("bootstrap"))
+            .context("failed to set up the handler runtimes")?,
+    );
 
     // Services.
     let process: Arc<dyn Runtime> = Arc::new(ProcessRuntime::new(code.clone(), sink.clone()));
@@ -169,7 +176,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .context("failed to start the wasm runtime")?,
     );
     let fleet = Fleet::new(
-        HashMap::from([(RuntimeKind::Process, process), (RuntimeKind::Wasm, wasm)]),
+        HashMap::from([
+            (RuntimeKind::Process, process),
+            (RuntimeKind::Wasm, wasm),
+            (RuntimeKind::Lambda, handlers.clone()),
+            (RuntimeKind::Node, handlers.clone()),
+            (RuntimeKind::Python, handlers),
+        ]),
         FleetConfig::default(),
     );
     let ticker = fleet.spawn_ticker();
@@ -200,6 +213,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         },
     });
     let releases = stratus_api::release::spawn_controller(&cp, Duration::from_millis(500));
+    // Async invocations and timers; "local" owns this node's claims, so after a crash the
+    // restarted node delivers what it had claimed.
+    let engine = stratus_events::Engine::new(event_store, router.clone(), fleet.clone(), "local");
+    let _ = cp.events.set(engine.clone());
+    let event_tasks = engine
+        .spawn()
+        .await
+        .context("failed to start async delivery")?;
 
     let gateway_listener = TcpListener::bind(args.listen)
         .await
@@ -245,6 +266,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     follower.abort();
     releases.abort();
+    event_tasks.iter().for_each(|t| t.abort());
     ticker.abort();
     tracing::info!("stopping {} instances", fleet.instance_count());
     fleet.shutdown().await;

@@ -1,5 +1,6 @@
 //! Metastore and log store on one SQLite database (WAL mode).
 
+mod events;
 mod logs;
 mod meta;
 mod rows;
@@ -101,6 +102,7 @@ impl SqliteStore {
         )
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        conn.execute_batch(events::SCHEMA).map_err(db)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             changes: Arc::new(watch::channel(0).0),
@@ -151,6 +153,12 @@ mod tests {
     async fn metastore_conformance() {
         let store = SqliteStore::open_in_memory().unwrap();
         stratus_store::conformance::metastore(&store).await;
+    }
+
+    #[tokio::test]
+    async fn eventstore_conformance() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        stratus_store::events::conformance::run(&store).await;
     }
 
     #[tokio::test]

@@ -120,3 +120,110 @@ async fn crashed_instances_are_replaced() {
     let logs = s.cli(&["logs", "echo"]).ok().stdout();
     assert!(logs.contains("exited with code 1"), "{logs}");
 }
+
+async fn slow(
+    s: &Server,
+    ms: u64,
+) -> tokio::task::JoinHandle<(u16, Option<String>, serde_json::Value)> {
+    let url = format!("{}/fn/echo/slow?ms={ms}", s.gw);
+    tokio::spawn(async move {
+        let r = http().get(url).send().await.unwrap();
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, retry, r.json().await.unwrap_or_default())
+    })
+}
+
+#[tokio::test]
+async fn overload_is_shed_with_429_and_503_never_piled_up() {
+    let s = Server::start();
+    let app = App::fixture("echo");
+    app.edit_manifest("concurrency = 10", "concurrency = 1");
+    app.edit_manifest(
+        "max = 3",
+        "max = 1\nmax_queue = 1\nqueue_timeout = \"400ms\"",
+    );
+    s.deploy(&app.dir).ok();
+    // One is served, one waits (and gives up after 400 ms: 503), one finds the queue full (429).
+    let a = slow(&s, 1500).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = slow(&s, 10).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let c = slow(&s, 10).await;
+    let (c_status, c_retry, c_body) = c.await.unwrap();
+    assert_eq!(c_status, 429, "{c_body}");
+    assert_eq!(c_body["error"]["code"], "throttled");
+    assert!(c_retry.is_some(), "429 carries Retry-After");
+    let (b_status, b_retry, b_body) = b.await.unwrap();
+    assert_eq!(b_status, 503, "{b_body}");
+    assert_eq!(b_body["error"]["code"], "overloaded");
+    assert!(b_retry.is_some());
+    assert_eq!(a.await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn reserved_concurrency_caps_the_function() {
+    let s = Server::start();
+    let app = App::fixture("echo");
+    app.edit_manifest("max = 3", "max = 3\nreserved_concurrency = 1");
+    s.deploy(&app.dir).ok();
+    let a = slow(&s, 800).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, _, body) = slow(&s, 10).await.await.unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reserved concurrency of 1"),
+        "{body}"
+    );
+    assert_eq!(a.await.unwrap().0, 200);
+    let (status, _, _) = slow(&s, 10).await.await.unwrap();
+    assert_eq!(status, 200, "the slot is back once the first request ended");
+}
+
+#[tokio::test]
+async fn the_autoscaler_drains_surplus_instances_without_failing_a_request() {
+    let s = Server::start();
+    let app = App::fixture("echo");
+    app.edit_manifest("concurrency = 10", "concurrency = 1");
+    app.edit_manifest(
+        "idle_timeout = \"5m\"",
+        "idle_timeout = \"1h\"\nscale_down_delay = \"1s\"",
+    );
+    s.deploy(&app.dir).ok();
+    let burst: Vec<_> = futures_util::future::join_all((0..3).map(|_| slow(&s, 700))).await;
+    for b in burst {
+        assert_eq!(b.await.unwrap().0, 200);
+    }
+    assert_eq!(instances(&s).await, 3);
+    // Light, sequential load: one instance is enough; the other two drain while it is served.
+    let statuses = std::sync::Mutex::new(Vec::new());
+    let shrunk = eventually(Duration::from_secs(20), || async {
+        let status = s.get("/fn/echo/").await.status().as_u16();
+        statuses.lock().unwrap().push(status);
+        (instances(&s).await == 1).then_some(())
+    })
+    .await;
+    let statuses = statuses.into_inner().unwrap();
+    assert!(
+        shrunk.is_some(),
+        "surplus instances were not removed (idle_timeout is 1h, so the autoscaler must have)"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "a request failed during scale-down: {statuses:?}"
+    );
+    let info = s.cli(&["info", "echo", "--json"]).ok().json();
+    let events = info["pools"][0]["scale_events"].as_array().unwrap().clone();
+    assert!(
+        events.iter().any(|e| e["to"].as_u64() < e["from"].as_u64()),
+        "the scale-down is recorded: {events:?}"
+    );
+    let text = s.cli(&["info", "echo"]).ok().stdout();
+    assert!(text.contains("desired 1"), "{text}");
+}

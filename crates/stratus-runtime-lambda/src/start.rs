@@ -1,0 +1,215 @@
+//! Starting a bootstrap: its own Runtime API endpoint, the Lambda environment, output capture,
+//! and readiness = its first `invocation/next` (the handler is loaded by then).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stratus_core::now_ms;
+use stratus_runtime::{InstanceHealth, LogSink, PreparedVersion, RuntimeError};
+use stratus_runtime_process::{OutputTail, capture_output, configure_child, resolve_program};
+use stratus_store::{LogLine, LogStream};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use crate::api::{RuntimeApi, StartState};
+use crate::event::handler_error;
+use crate::instance::LambdaInstance;
+
+/// Prefixes output lines with the request id in flight, for bootstraps that do not tag their
+/// own output (a `lambda` bootstrap; the shipped ones tag each line exactly, even when the line
+/// is read after the response). Concurrency is one, so the id in flight is the only candidate.
+struct Tagging {
+    inner: Arc<dyn LogSink>,
+    current: Arc<Mutex<Option<String>>>,
+}
+
+impl LogSink for Tagging {
+    fn emit(&self, mut line: LogLine) {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(id) = current
+            && !line.line.contains(&id)
+        {
+            line.line = format!("{id}\t{}", line.line);
+        }
+        self.inner.emit(line);
+    }
+}
+
+pub(crate) fn platform_line(logs: &dyn LogSink, p: &PreparedVersion, instance: &str, line: String) {
+    logs.emit(LogLine {
+        id: 0,
+        at: now_ms(),
+        function: p.spec.name.to_string(),
+        version: p.version.0,
+        instance: instance.to_string(),
+        stream: LogStream::Platform,
+        line,
+    });
+}
+
+pub async fn start(
+    p: &PreparedVersion,
+    instance_id: &str,
+    command: Vec<String>,
+    logs: Arc<dyn LogSink>,
+) -> Result<LambdaInstance, RuntimeError> {
+    let spec = &p.spec;
+    let (api, queue) = RuntimeApi::start()
+        .await
+        .map_err(|e| RuntimeError::StartFailed(format!("cannot open the Runtime API port: {e}")))?;
+    let program = resolve_program(&p.dir, &command[0]);
+    let mut cmd = Command::new(&program);
+    cmd.args(&command[1..])
+        .current_dir(&p.dir)
+        .env("PYTHONUNBUFFERED", "1")
+        .envs(&spec.env)
+        .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
+        .env("_HANDLER", spec.events.handler.as_deref().unwrap_or(""))
+        .env("LAMBDA_TASK_ROOT", &p.dir)
+        .env("AWS_LAMBDA_FUNCTION_NAME", spec.name.as_str())
+        .env("AWS_LAMBDA_FUNCTION_VERSION", p.version.to_string())
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env(
+            "AWS_LAMBDA_FUNCTION_TIMEOUT",
+            spec.limits.timeout.as_secs().max(1).to_string(),
+        )
+        .env(
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            format!("/stratus/{}", spec.name),
+        )
+        .env("AWS_LAMBDA_LOG_STREAM_NAME", instance_id)
+        .env("STRATUS_FUNCTION", spec.name.as_str())
+        .env("STRATUS_VERSION", p.version.to_string())
+        .env("STRATUS_INSTANCE", instance_id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    configure_child(&mut cmd);
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| {
+        RuntimeError::StartFailed(if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "command `{}` not found: install it or fix `command` in stratus.toml",
+                command[0]
+            )
+        } else {
+            format!("command `{}` could not start: {e}", command[0])
+        })
+    })?;
+    let pid = child.id().unwrap_or(0) as i32;
+    let tail = OutputTail::default();
+    let sink: Arc<dyn LogSink> = if spec.runtime == stratus_core::RuntimeKind::Lambda {
+        Arc::new(Tagging {
+            inner: logs.clone(),
+            current: api.current.clone(),
+        })
+    } else {
+        logs.clone()
+    };
+    capture_output(
+        &mut child,
+        spec.name.as_str(),
+        p.version,
+        instance_id,
+        sink,
+        tail.clone(),
+    );
+    let (health_tx, mut health) = watch::channel(InstanceHealth::Running);
+    {
+        let (logs, p, id) = (logs.clone(), p.clone(), instance_id.to_string());
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let (code, signal) = match &status {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    (s.code(), s.signal())
+                }
+                Err(_) => (None, None),
+            };
+            platform_line(
+                &*logs,
+                &p,
+                &id,
+                match (code, signal) {
+                    (Some(c), _) => format!("instance {id} exited with code {c}"),
+                    (_, Some(s)) => format!("instance {id} killed by signal {s}"),
+                    _ => format!("instance {id} exited"),
+                },
+            );
+            let _ = health_tx.send(InstanceHealth::Exited { code, signal });
+        });
+    }
+    let mut start = api.start.clone();
+    let timeout = spec.health.startup_timeout;
+    let outcome = tokio::time::timeout(timeout, async {
+        loop {
+            match start.borrow_and_update().clone() {
+                StartState::Ready => return Ok(()),
+                StartState::InitFailed { type_header, body } => {
+                    let e = handler_error(type_header.as_deref(), &body);
+                    let mut why = format!("the handler failed to load: {}: {}", e.error_type, e.message);
+                    for l in e.stack.iter().take(10) {
+                        why.push_str("\n    ");
+                        why.push_str(l);
+                    }
+                    return Err(why);
+                }
+                StartState::Starting => {}
+            }
+            if let InstanceHealth::Exited { code, signal } = *health.borrow_and_update() {
+                return Err(match (code, signal) {
+                    (Some(c), _) => format!("the bootstrap exited with code {c} before it asked for an invocation"),
+                    (_, Some(s)) => format!("the bootstrap was killed by signal {s} before it asked for an invocation"),
+                    _ => "the bootstrap exited before it asked for an invocation".into(),
+                });
+            }
+            tokio::select! {
+                _ = start.changed() => {}
+                _ = health.changed() => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "the bootstrap did not ask for an invocation (GET /2018-06-01/runtime/invocation/next on AWS_LAMBDA_RUNTIME_API) within {timeout:?}"
+        ))
+    });
+    let inst = LambdaInstance::new(
+        instance_id.to_string(),
+        pid,
+        api,
+        queue,
+        health,
+        p.clone(),
+        logs.clone(),
+    );
+    match outcome {
+        Ok(()) => {
+            platform_line(
+                &*logs,
+                p,
+                instance_id,
+                format!(
+                    "instance {instance_id} ready (bootstrap polling) in {} ms",
+                    started.elapsed().as_millis()
+                ),
+            );
+            Ok(inst)
+        }
+        Err(why) => {
+            inst.kill_now();
+            // Let the output readers drain what the process wrote before quoting it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(RuntimeError::StartFailed(format!(
+                "{why}; last output:\n{}",
+                tail.text()
+            )))
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The concurrency autoscaler: how many instances a version should have, from the demand
+//! (requests in flight plus waiting) it saw over two windows.
+//!
+//! Like Knative's KPA there is a long *stable* window that sizes capacity steadily and a short
+//! *panic* window that catches bursts; unlike it the panic window is 1 s (Knative: 6 s) and the
+//! request path itself starts instances the moment requests queue (see `decide`), so reaction
+//! to a burst is bounded by instance start time, not by the autoscaler's tick. Scale-down waits
+//! until demand stayed low for `scale_down_delay` (OpenFaaS-style), and never happens in panic.
+//! Pure: state and time come in, a decision comes out.
+
+use std::collections::VecDeque;
+
+use stratus_core::Scaling;
+
+pub const STABLE_WINDOW_MS: u64 = 60_000;
+pub const PANIC_WINDOW_MS: u64 = 1_000;
+/// Panic when the panic window wants this many times the instances there are.
+pub const PANIC_THRESHOLD: f64 = 2.0;
+/// How long panic mode holds after its last trigger.
+pub const PANIC_HOLD_MS: u64 = 10_000;
+
+#[derive(Debug, Clone, Default)]
+pub struct AutoscalerState {
+    /// (time, demand) samples, oldest first, covering the stable window.
+    samples: VecDeque<(u64, u32)>,
+    panic_until: u64,
+    /// Since when the wanted size has stayed below the current one.
+    low_since: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AutoscaleInput<'a> {
+    pub now_ms: u64,
+    /// Requests in flight plus waiting.
+    pub demand: u32,
+    /// Ready plus starting instances.
+    pub current: u32,
+    pub concurrency: u32,
+    pub scaling: &'a Scaling,
+    pub routable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoscaleDecision {
+    pub desired: u32,
+    pub panic: bool,
+    /// Whether the decision may remove instances now (scale-down delay served).
+    pub may_scale_down: bool,
+    pub reason: String,
+}
+
+fn average(samples: &VecDeque<(u64, u32)>, since: u64) -> f64 {
+    let (sum, n) = samples
+        .iter()
+        .filter(|(t, _)| *t > since)
+        .fold((0u64, 0u64), |(s, n), (_, d)| (s + *d as u64, n + 1));
+    if n == 0 { 0.0 } else { sum as f64 / n as f64 }
+}
+
+pub fn autoscale(state: &mut AutoscalerState, input: AutoscaleInput<'_>) -> AutoscaleDecision {
+    let now = input.now_ms;
+    state.samples.push_back((now, input.demand));
+    while state
+        .samples
+        .front()
+        .is_some_and(|(t, _)| *t + STABLE_WINDOW_MS < now)
+    {
+        state.samples.pop_front();
+    }
+    let per_instance = (input.concurrency as f64 * input.scaling.target_utilization).max(1.0);
+    let stable = average(&state.samples, now.saturating_sub(STABLE_WINDOW_MS));
+    let burst = average(&state.samples, now.saturating_sub(PANIC_WINDOW_MS));
+    let want_stable = (stable / per_instance).ceil() as u32;
+    let want_panic = (burst / per_instance).ceil() as u32;
+    if want_panic as f64 >= PANIC_THRESHOLD * input.current.max(1) as f64
+        && want_panic > input.current
+    {
+        state.panic_until = now + PANIC_HOLD_MS;
+    }
+    let panic = now < state.panic_until;
+    let floor = if input.routable { input.scaling.min } else { 0 };
+    let (raw, reason) = if panic {
+        let d = want_panic.max(input.current);
+        (
+            d,
+            format!(
+                "panic: {burst:.1} in flight over 1s wants {want_panic} (holding >= {})",
+                input.current
+            ),
+        )
+    } else {
+        // The burst window still lifts the stable size, so a rising load is met early.
+        let d = want_stable.max(want_panic);
+        (
+            d,
+            format!(
+                "stable: {stable:.1} in flight over 60s, {burst:.1} over 1s, {per_instance:.1} per instance"
+            ),
+        )
+    };
+    // Scaling to zero is the idle reaper's call (after `idle_timeout`), not this one's.
+    let keep_one = if input.current > 0 && input.demand == 0 && raw == 0 {
+        input.current.min(1)
+    } else {
+        0
+    };
+    let desired = raw.max(floor).max(keep_one).min(input.scaling.max);
+    let may_scale_down = if desired < input.current && !panic {
+        let since = *state.low_since.get_or_insert(now);
+        now.saturating_sub(since) >= input.scaling.scale_down_delay.as_millis() as u64
+    } else {
+        state.low_since = None;
+        false
+    };
+    AutoscaleDecision {
+        desired,
+        panic,
+        may_scale_down,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn scaling() -> Scaling {
+        Scaling {
+            min: 0,
+            max: 20,
+            target_utilization: 0.5,
+            scale_down_delay: Duration::from_secs(30),
+            ..Scaling::default()
+        }
+    }
+
+    /// Feeds `demand` every 100 ms for `ms` and returns the last decision.
+    fn run(
+        state: &mut AutoscalerState,
+        from: u64,
+        ms: u64,
+        demand: u32,
+        current: &mut u32,
+        s: &Scaling,
+    ) -> (u64, AutoscaleDecision) {
+        let mut last = None;
+        let mut t = from;
+        while t < from + ms {
+            let d = autoscale(
+                state,
+                AutoscaleInput {
+                    now_ms: t,
+                    demand,
+                    current: *current,
+                    concurrency: 10,
+                    scaling: s,
+                    routable: true,
+                },
+            );
+            if d.desired > *current || d.may_scale_down {
+                *current = d.desired;
+            }
+            last = Some(d);
+            t += 100;
+        }
+        (t, last.unwrap())
+    }
+
+    #[test]
+    fn a_burst_panics_within_a_second_and_holds() {
+        let s = scaling();
+        let mut st = AutoscalerState::default();
+        let mut current = 1;
+        let (t, d) = run(&mut st, 0, 10_000, 4, &mut current, &s);
+        assert_eq!(
+            (d.desired, d.panic),
+            (1, false),
+            "4 in flight fits one instance at 5 per instance"
+        );
+        // 100 in flight: 20 instances at 5 each, capped by max = 20.
+        let (t, d) = run(&mut st, t, 1_000, 100, &mut current, &s);
+        assert!(d.panic, "{d:?}");
+        assert_eq!(current, 20, "capacity within a second of the burst");
+        // The burst ends; panic holds the capacity instead of dropping it at once.
+        let (_, d) = run(&mut st, t, 2_000, 5, &mut current, &s);
+        assert!(d.panic);
+        assert_eq!(current, 20);
+    }
+
+    #[test]
+    fn scale_down_waits_for_the_delay_and_never_cuts_to_zero() {
+        let s = scaling();
+        let mut st = AutoscalerState::default();
+        let mut current = 1;
+        let (t, _) = run(&mut st, 0, 70_000, 30, &mut current, &s);
+        assert_eq!(current, 6);
+        // Load drops to 5: one instance is enough, but only after demand stayed low for 30 s
+        // (and the 60 s stable window has caught up).
+        let (t, d) = run(&mut st, t, 20_000, 5, &mut current, &s);
+        assert_eq!(current, 6, "too early: {d:?}");
+        let (t, _) = run(&mut st, t, 90_000, 5, &mut current, &s);
+        assert_eq!(current, 1);
+        // No demand at all: the autoscaler keeps one; the idle reaper decides about zero.
+        let (_, d) = run(&mut st, t, 120_000, 0, &mut current, &s);
+        assert_eq!((current, d.desired), (1, 1));
+    }
+
+    #[test]
+    fn respects_min_and_max() {
+        let s = Scaling {
+            min: 3,
+            max: 5,
+            ..scaling()
+        };
+        let mut st = AutoscalerState::default();
+        let d = autoscale(
+            &mut st,
+            AutoscaleInput {
+                now_ms: 0,
+                demand: 0,
+                current: 0,
+                concurrency: 10,
+                scaling: &s,
+                routable: true,
+            },
+        );
+        assert_eq!(d.desired, 3);
+        let d = autoscale(
+            &mut st,
+            AutoscaleInput {
+                now_ms: 100,
+                demand: 500,
+                current: 3,
+                concurrency: 10,
+                scaling: &s,
+                routable: true,
+            },
+        );
+        assert_eq!(d.desired, 5);
+        let d = autoscale(
+            &mut AutoscalerState::default(),
+            AutoscaleInput {
+                now_ms: 0,
+                demand: 0,
+                current: 0,
+                concurrency: 10,
+                scaling: &s,
+                routable: false,
+            },
+        );
+        assert_eq!(d.desired, 0, "versions nobody routes to keep no minimum");
+    }
+}
