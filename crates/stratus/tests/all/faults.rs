@@ -61,7 +61,7 @@ async fn failed_deploys_change_nothing() {
         "server.js",
         "console.log('I listen on nothing'); setInterval(() => {}, 1000);\n",
     );
-    deaf.append_manifest("[health]\nstartup_timeout = \"1s\"");
+    deaf.append_manifest("[health]\nstartup_timeout = \"4s\"");
     let r = s.deploy(&deaf.dir);
     assert_eq!(r.code(), 1);
     assert!(r.stderr().contains("did not open port"), "{}", r.stderr());

@@ -30,7 +30,7 @@ async fn busy_instances_get_company_and_idle_ones_go_away() {
     // Three concurrent slow requests, one slot per instance, max 3: three instances serve them.
     let reqs: Vec<_> = (0..3)
         .map(|_| {
-            let url = format!("{}/fn/echo/slow?ms=800", s.gw);
+            let url = format!("{}/fn/echo/slow?ms=3000", s.gw);
             tokio::spawn(async move {
                 http()
                     .get(url)
@@ -142,16 +142,13 @@ async fn overload_is_shed_with_429_and_503_never_piled_up() {
     let s = Server::start();
     let app = App::fixture("echo");
     app.edit_manifest("concurrency = 10", "concurrency = 1");
-    app.edit_manifest(
-        "max = 3",
-        "max = 1\nmax_queue = 1\nqueue_timeout = \"400ms\"",
-    );
+    app.edit_manifest("max = 3", "max = 1\nmax_queue = 1\nqueue_timeout = \"1s\"");
     s.deploy(&app.dir).ok();
     // One is served, one waits (and gives up after 400 ms: 503), one finds the queue full (429).
-    let a = slow(&s, 1500).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = slow(&s, 4000).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let b = slow(&s, 10).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let c = slow(&s, 10).await;
     let (c_status, c_retry, c_body) = c.await.unwrap();
     assert_eq!(c_status, 429, "{c_body}");
@@ -170,8 +167,8 @@ async fn reserved_concurrency_caps_the_function() {
     let app = App::fixture("echo");
     app.edit_manifest("max = 3", "max = 3\nreserved_concurrency = 1");
     s.deploy(&app.dir).ok();
-    let a = slow(&s, 800).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let a = slow(&s, 2500).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let (status, _, body) = slow(&s, 10).await.await.unwrap();
     assert_eq!(status, 429, "{body}");
     assert!(
@@ -196,7 +193,7 @@ async fn the_autoscaler_drains_surplus_instances_without_failing_a_request() {
         "idle_timeout = \"1h\"\nscale_down_delay = \"1s\"",
     );
     s.deploy(&app.dir).ok();
-    let burst: Vec<_> = futures_util::future::join_all((0..3).map(|_| slow(&s, 700))).await;
+    let burst: Vec<_> = futures_util::future::join_all((0..3).map(|_| slow(&s, 2000))).await;
     for b in burst {
         assert_eq!(b.await.unwrap().0, 200);
     }
