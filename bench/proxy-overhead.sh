@@ -14,6 +14,7 @@
 #                   than this much CPU (% of one core) is discarded and repeated, up to RETRIES [4]
 #                   times; before every run the script waits (up to IDLE_MAX_WAIT [900] s) for the
 #                   machine to be idle (< IDLE_MAX_BUSY [20] % of one core busy).
+#   RAW_DIR        if set, every raw wrk output is copied there
 #   TOKIO_WORKER_THREADS is passed through to `stratus serve` (default: one per core).
 # Everything binds 127.0.0.1; every load run is bounded by wrk -d.
 set -euo pipefail
@@ -115,6 +116,19 @@ waited = time.time() - start
 if waited > 2:
     print(f"(waited {waited:.0f}s for the machine to be idle)", file=sys.stderr)
 EOF
+}
+
+# Context switches (voluntary + involuntary, all threads) of a list of pids.
+ctx_switches() {
+  local t=0 p n
+  for p in "$@"; do
+    for f in /proc/"$p"/task/*/status; do
+      [ -r "$f" ] || continue
+      n=$(awk '/ctxt_switches/{s+=$2} END{print s+0}' "$f")
+      t=$((t + n))
+    done
+  done
+  echo "$t"
 }
 
 # ---- the three targets --------------------------------------------------------------------
@@ -223,14 +237,14 @@ for run in $(seq 1 "$RUNS"); do
       wait_idle
       out="$TMP/wrk-$t-$run.txt"
       # shellcheck disable=SC2086
-      n0=$(cpu_ticks ${CPU_NODE[$t]}); p0=$(cpu_ticks ${CPU_PROXY[$t]}); read -r b0 a0 < <(sys_ticks); s0=$(date +%s.%N)
+      n0=$(cpu_ticks ${CPU_NODE[$t]}); p0=$(cpu_ticks ${CPU_PROXY[$t]}); c0=$(ctx_switches ${CPU_PROXY[$t]}); read -r b0 a0 < <(sys_ticks); s0=$(date +%s.%N)
       /usr/bin/env time -f "wrk_cpu %U %S" -o "$out.time" \
         wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "${URL[$t]}" >"$out" 2>&1 || true
       # shellcheck disable=SC2086
-      n1=$(cpu_ticks ${CPU_NODE[$t]}); p1=$(cpu_ticks ${CPU_PROXY[$t]}); read -r b1 a1 < <(sys_ticks); s1=$(date +%s.%N)
-      row=$(python3 - "$t" "$run" "$out" "$n0" "$n1" "$p0" "$p1" "$s0" "$s1" "$CLK" "$b0" "$b1" <<'EOF'
+      n1=$(cpu_ticks ${CPU_NODE[$t]}); p1=$(cpu_ticks ${CPU_PROXY[$t]}); read -r b1 a1 < <(sys_ticks); s1=$(date +%s.%N); c1=$(ctx_switches ${CPU_PROXY[$t]})
+      row=$(python3 - "$t" "$run" "$out" "$n0" "$n1" "$p0" "$p1" "$s0" "$s1" "$CLK" "$b0" "$b1" "$c0" "$c1" <<'EOF'
 import re, sys
-t, run, path, n0, n1, p0, p1, s0, s1, clk, b0, b1 = sys.argv[1:]
+t, run, path, n0, n1, p0, p1, s0, s1, clk, b0, b1, c0, c1 = sys.argv[1:]
 text = open(path).read()
 def ms(v, unit):
     return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
@@ -251,11 +265,16 @@ except Exception:
     wrk = 0.0
 busy = (int(b1) - int(b0)) / clk / wall * 100
 other = max(0.0, busy - node - proxy - wrk)
-print("\t".join(map(str, [t, run, rps, lat["50"], lat["99"], errors, node, proxy, wrk, other])))
+total = int(re.search(r"(\d+) requests in", text).group(1))
+ctx = (int(c1) - int(c0)) / max(1, total)
+print("\t".join(map(str, [t, run, rps, lat["50"], lat["99"], errors, node, proxy, wrk, other, ctx, lat["90"]])))
 EOF
 )
       other=$(echo "$row" | cut -f10)
-      line=$(echo "$row" | awk -F'\t' '{printf "run %s %-8s %10.0f req/s  p50 %6.3f ms  p99 %6.3f ms  errors %s  cpu%% node %.0f proxy %.0f wrk %.0f other %.0f", $2, $1, $3, $4, $5, $6, $7, $8, $9, $10}')
+      if [ -n "${RAW_DIR:-}" ]; then
+        mkdir -p "$RAW_DIR" && cp "$out" "$RAW_DIR/wrk-$t-run$run-attempt$attempt.txt"
+      fi
+      line=$(echo "$row" | awk -F'\t' '{printf "run %s %-8s %10.0f req/s  p50 %6.3f ms  p90 %6.3f ms  p99 %6.3f ms  errors %s  cpu%% node %.0f proxy %.0f wrk %.0f other %.0f  proxy ctx-switches/req %.2f", $2, $1, $3, $4, $12, $5, $6, $7, $8, $9, $10, $11}')
       if python3 -c "import sys; sys.exit(0 if float('$other') <= $OTHER_MAX else 1)" || [ "$attempt" -ge "$RETRIES" ]; then
         echo "$row" >>"$RESULTS"
         echo "$line"
@@ -279,19 +298,22 @@ print(f"median of {n} runs per metric")
 # CPU time per request (median over runs): the most contention-proof number here.
 us = {t: (st.median(r[4] / 100 / r[0] * 1e6 for r in by[t]), st.median(r[5] / 100 / r[0] * 1e6 for r in by[t]))
       for t in by}
-print(f"{'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   {'cpu% node/proxy/wrk/other':<26} {'CPU us/req node/proxy'}")
+print(f"{'target':<8} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>7}   {'cpu% node/proxy/wrk/other':<26} {'CPU us/req node/proxy'}")
 for t in ["direct", "stratus", "nginx"]:
-    rps, p50, p99, err, node, proxy, wrk, other = med[t]
+    rps, p50, p99, err, node, proxy, wrk, other, ctx, p90 = med[t]
     errs = int(sum(r[3] for r in by[t]))
     cpu = f"{node:.0f}/{proxy:.0f}/{wrk:.0f}/{other:.0f}"
-    print(f"{t:<8} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {errs:>7}   {cpu:<26} {us[t][0]:.1f}/{us[t][1]:.1f}")
+    print(f"{t:<8} {rps:>9.0f} {p50:>8.3f} {p90:>8.3f} {p99:>8.3f} {errs:>7}   {cpu:<26} {us[t][0]:.1f}/{us[t][1]:.1f}")
 ratio = med["stratus"][0] / med["nginx"][0]
 delta = med["stratus"][2] - med["direct"][2]
 print()
 print(f"Stratus/nginx throughput: {ratio:.3f}  (target >= 0.9: {'MET' if ratio >= 0.9 else 'MISSED'})")
 print(f"Stratus p99 - direct p99: {delta:.3f} ms  (target <= 1 ms: {'MET' if delta <= 1.0 else 'MISSED'})")
+print(f"(p99 is fragile on 2 shared cores; p90 for comparison: Stratus - direct {med['stratus'][9] - med['direct'][9]:.3f} ms, "
+      f"nginx - direct {med['nginx'][9] - med['direct'][9]:.3f} ms)")
 print(f"proxy CPU per request: Stratus {us['stratus'][1]:.1f} us, nginx {us['nginx'][1]:.1f} us "
-      f"({us['stratus'][1] / us['nginx'][1]:.2f}x)")
+      f"({us['stratus'][1] / us['nginx'][1]:.2f}x); proxy context switches per request: "
+      f"Stratus {med['stratus'][8]:.2f}, nginx {med['nginx'][8]:.2f}")
 print(f"(for reference) Stratus/direct throughput: {med['stratus'][0] / med['direct'][0]:.3f}, "
       f"nginx/direct: {med['nginx'][0] / med['direct'][0]:.3f}, "
       f"nginx p99 - direct p99: {med['nginx'][2] - med['direct'][2]:.3f} ms")

@@ -42,6 +42,7 @@ for b in proxy-overhead deploy-to-serving cold-start; do
   [ "${WAIT_QUIET:-0}" = 1 ] && wait_quiet
   : >"$BUSY"
   log="$OUT/$b-$STAMP.txt"
+  export RAW_DIR="$OUT/raw-$STAMP"
   echo "=== $b ($(date -u +%FT%TZ), $STRATUS_BIN) ===" | tee "$log"
   if ! "$HERE/$b.sh" 2>&1 | tee -a "$log"; then
     echo "!!! $b failed" | tee -a "$log"
