@@ -218,6 +218,8 @@ def deploy(d):
 
 # 2. cold start: scale to zero between requests; the compiled code is unmapped with the last
 # instance, so each request loads it from the on-disk cache and instantiates.
+if rounds == 0 and density == 0:
+    sys.exit(0)
 deploy(app("bench-cold"))
 first_byte("bench-cold")
 samples, warm = [], []
@@ -225,9 +227,12 @@ for _ in range(rounds):
     wait_idle("bench-cold")
     samples.append(first_byte("bench-cold"))
     warm.append(first_byte("bench-cold"))
-print(f"\ncold start (no instance, nothing compiled in memory -> first byte), {rounds} requests:")
-print(f"  p50 {pct(samples, 50):.3f} ms, p99 {pct(samples, 99):.3f} ms, max {max(samples):.3f} ms"
-      f"  (the next, warm request: p50 {pct(warm, 50):.3f} ms)")
+if samples:
+    print(f"\ncold start (no instance, nothing compiled in memory -> first byte), {rounds} requests:")
+    print(f"  p50 {pct(samples, 50):.3f} ms, p99 {pct(samples, 99):.3f} ms, max {max(samples):.3f} ms"
+          f"  (the next, warm request: p50 {pct(warm, 50):.3f} ms)")
+if density == 0:
+    sys.exit(0)
 
 # 3. density
 rss0 = rss_mib()
