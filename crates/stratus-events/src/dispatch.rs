@@ -158,7 +158,14 @@ impl Engine {
             }
         };
         Some(NewInvocation {
-            id: format!("{}-{}", inv.id, condition.as_str().to_ascii_lowercase()),
+            // Unique per completion (a redriven invocation completes again), and the same if
+            // the same completion were recorded twice.
+            id: format!(
+                "{}-{}-{}",
+                inv.id,
+                condition.as_str().to_ascii_lowercase(),
+                inv.errors.len() + 1
+            ),
             function,
             target,
             webhook,

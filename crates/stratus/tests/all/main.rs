@@ -5,6 +5,7 @@ mod harness;
 
 mod api;
 mod deploy;
+mod events;
 mod examples;
 mod faults;
 mod gateway;
