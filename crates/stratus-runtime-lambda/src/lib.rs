@@ -97,14 +97,14 @@ impl Runtime for LambdaRuntime {
         version: VersionNumber,
         artifact: &str,
     ) -> Result<PreparedVersion, RuntimeError> {
-        let dir = self.code.unpacked(artifact).await?;
-        if let Some(install) = &spec.build.install {
-            let lock = self.code.lock(artifact).await;
-            let _guard = lock.lock().await;
-            stratus_runtime_process::run_install(&dir, install, &spec, version, self.logs.clone())
-                .await?;
-        }
-        Ok(PreparedVersion { spec, version, dir })
+        stratus_runtime_process::prepare_code(
+            &self.code,
+            self.logs.clone(),
+            spec,
+            version,
+            artifact,
+        )
+        .await
     }
 
     async fn start(

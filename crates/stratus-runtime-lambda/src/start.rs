@@ -4,10 +4,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stratus_core::now_ms;
 use stratus_runtime::{InstanceHealth, LogSink, PreparedVersion, RuntimeError};
-use stratus_runtime_process::{OutputTail, capture_output, configure_child, resolve_program};
-use stratus_store::{LogLine, LogStream};
+pub(crate) use stratus_runtime_process::platform_line;
+use stratus_runtime_process::{
+    OutputTail, capture_output, configure_child, resolve_program, watch_exit,
+};
+use stratus_store::LogLine;
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -37,18 +39,6 @@ impl LogSink for Tagging {
         }
         self.inner.emit(line);
     }
-}
-
-pub(crate) fn platform_line(logs: &dyn LogSink, p: &PreparedVersion, instance: &str, line: String) {
-    logs.emit(LogLine {
-        id: 0,
-        at: now_ms(),
-        function: p.spec.name.to_string(),
-        version: p.version.0,
-        instance: instance.to_string(),
-        stream: LogStream::Platform,
-        line,
-    });
 }
 
 pub async fn start(
@@ -122,27 +112,7 @@ pub async fn start(
     let (health_tx, mut health) = watch::channel(InstanceHealth::Running);
     {
         let (logs, p, id) = (logs.clone(), p.clone(), instance_id.to_string());
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let (code, signal) = match &status {
-                Ok(s) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    (s.code(), s.signal())
-                }
-                Err(_) => (None, None),
-            };
-            platform_line(
-                &*logs,
-                &p,
-                &id,
-                match (code, signal) {
-                    (Some(c), _) => format!("instance {id} exited with code {c}"),
-                    (_, Some(s)) => format!("instance {id} killed by signal {s}"),
-                    _ => format!("instance {id} exited"),
-                },
-            );
-            let _ = health_tx.send(InstanceHealth::Exited { code, signal });
-        });
+        watch_exit(child, logs, p, id, health_tx, || {});
     }
     let mut start = api.start.clone();
     let timeout = spec.health.startup_timeout;

@@ -19,7 +19,28 @@ use stratus_runtime::{CodeCache, Instance, LogSink, PreparedVersion, Runtime, Ru
 /// Process plumbing the handler runtimes (`stratus-runtime-lambda`) start their bootstraps with.
 pub use install::run_once as run_install;
 pub use instance::ProcessInstance;
-pub use spawn::{OutputTail, capture_output, configure_child, resolve_program, signal_group};
+pub use spawn::{
+    OutputTail, capture_output, configure_child, platform_line, resolve_program, signal_group,
+    watch_exit,
+};
+
+/// Unpacks a version's artifact and runs its `[build] install` once per artifact: the `prepare`
+/// of every runtime whose instances are child processes in the version's folder.
+pub async fn prepare_code(
+    code: &CodeCache,
+    logs: Arc<dyn LogSink>,
+    spec: Arc<FunctionSpec>,
+    version: VersionNumber,
+    artifact: &str,
+) -> Result<PreparedVersion, RuntimeError> {
+    let dir = code.unpacked(artifact).await?;
+    if let Some(install) = &spec.build.install {
+        let lock = code.lock(artifact).await;
+        let _guard = lock.lock().await;
+        install::run_once(&dir, install, &spec, version, logs).await?;
+    }
+    Ok(PreparedVersion { spec, version, dir })
+}
 
 pub struct ProcessRuntime {
     code: Arc<CodeCache>,
@@ -45,13 +66,7 @@ impl Runtime for ProcessRuntime {
         version: VersionNumber,
         artifact: &str,
     ) -> Result<PreparedVersion, RuntimeError> {
-        let dir = self.code.unpacked(artifact).await?;
-        if let Some(install) = &spec.build.install {
-            let lock = self.code.lock(artifact).await;
-            let _guard = lock.lock().await;
-            install::run_once(&dir, install, &spec, version, self.logs.clone()).await?;
-        }
-        Ok(PreparedVersion { spec, version, dir })
+        prepare_code(&self.code, self.logs.clone(), spec, version, artifact).await
     }
 
     async fn start(

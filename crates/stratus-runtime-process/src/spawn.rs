@@ -106,7 +106,38 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-fn platform_line(logs: &dyn LogSink, p: &PreparedVersion, instance: &str, line: String) {
+/// Reaps the child when it exits, logs how, and publishes it on `health`; `on_exit` runs last.
+/// Shared by every runtime that runs instances as child processes.
+pub fn watch_exit(
+    mut child: Child,
+    logs: Arc<dyn LogSink>,
+    p: PreparedVersion,
+    id: String,
+    health: watch::Sender<InstanceHealth>,
+    on_exit: impl FnOnce() + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        let (code, signal) = match &status {
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                (s.code(), s.signal())
+            }
+            Err(_) => (None, None),
+        };
+        let line = match (code, signal) {
+            (Some(c), _) => format!("instance {id} exited with code {c}"),
+            (_, Some(s)) => format!("instance {id} killed by signal {s}"),
+            _ => format!("instance {id} exited"),
+        };
+        platform_line(&*logs, &p, &id, line);
+        let _ = health.send(InstanceHealth::Exited { code, signal });
+        on_exit();
+    });
+}
+
+/// A line the platform writes about an instance (started, exited, killed).
+pub fn platform_line(logs: &dyn LogSink, p: &PreparedVersion, instance: &str, line: String) {
     logs.emit(LogLine {
         id: 0,
         at: now_ms(),
@@ -208,27 +239,8 @@ pub async fn start(
         let p = p.clone();
         let id = instance_id.to_string();
         let exited = exited.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let (code, signal) = match &status {
-                Ok(s) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    (s.code(), s.signal())
-                }
-                Err(_) => (None, None),
-            };
-            platform_line(
-                &*logs,
-                &p,
-                &id,
-                match (code, signal) {
-                    (Some(c), _) => format!("instance {id} exited with code {c}"),
-                    (_, Some(s)) => format!("instance {id} killed by signal {s}"),
-                    _ => format!("instance {id} exited"),
-                },
-            );
-            let _ = health_tx.send(InstanceHealth::Exited { code, signal });
-            exited.notify_waiters();
+        watch_exit(child, logs, p, id, health_tx, move || {
+            exited.notify_waiters()
         });
     }
     let inst = ProcessInstance::new(
