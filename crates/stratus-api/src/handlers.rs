@@ -388,6 +388,7 @@ async fn logs(
         after_id: None,
         since_ms,
         limit: q.tail.unwrap_or(100).min(10_000),
+        ..Default::default()
     };
     let first = cp.logs.query(query.clone()).await?;
     let ndjson = |lines: &[LogLine]| -> String {

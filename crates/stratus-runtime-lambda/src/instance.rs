@@ -117,6 +117,7 @@ impl LambdaInstance {
             instance: self.id.clone(),
             stream,
             line,
+            request_id: None,
         });
     }
 

@@ -68,6 +68,7 @@ fn reader_task(
                 instance: meta.2.clone(),
                 stream,
                 line,
+                request_id: None,
             });
         }
     })
@@ -146,6 +147,7 @@ pub fn platform_line(logs: &dyn LogSink, p: &PreparedVersion, instance: &str, li
         instance: instance.to_string(),
         stream: LogStream::Platform,
         line,
+        request_id: None,
     });
 }
 

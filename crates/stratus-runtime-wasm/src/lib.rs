@@ -135,6 +135,7 @@ impl WasmRuntime {
             instance: instance.to_string(),
             stream: LogStream::Platform,
             line,
+            request_id: None,
         });
     }
 

@@ -38,6 +38,7 @@ impl LogMeta {
             instance: self.instance.clone(),
             stream,
             line,
+            request_id: None,
         }
     }
 }

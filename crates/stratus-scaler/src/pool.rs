@@ -24,6 +24,10 @@ struct Slot {
     /// Milliseconds since `started` at which the last request finished.
     last_used_ms: AtomicU64,
     served: AtomicU64,
+    /// How long the runtime took to start it (the cold-start cost of its first request).
+    init: Duration,
+    /// No request has been leased on it yet.
+    fresh: AtomicBool,
 }
 
 impl Slot {
@@ -94,11 +98,18 @@ pub struct Lease {
     slot: Arc<Slot>,
     pool: Arc<InstancePool>,
     _function: Option<FunctionPermit>,
+    cold_start: Option<Duration>,
 }
 
 impl Lease {
     pub fn instance(&self) -> &Arc<dyn Instance> {
         &self.slot.instance
+    }
+
+    /// The instance's start time when this request waited for that instance to start (a cold
+    /// start), for request records and metrics.
+    pub fn cold_start(&self) -> Option<Duration> {
+        self.cold_start
     }
 }
 
@@ -199,10 +210,14 @@ impl InstancePool {
             .min_by_key(|(n, _)| *n)?
             .1;
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        // Remember whether this is the instance's first request; only a request that waited
+        // for the start counts it as a cold start (see `acquire_slot`).
+        let first = slot.fresh.swap(false, Ordering::Relaxed);
         Some(Lease {
             slot: slot.clone(),
             pool: self.clone(),
             _function: None,
+            cold_start: first.then_some(slot.init),
         })
     }
 
@@ -262,8 +277,10 @@ impl InstancePool {
         self: &Arc<Self>,
         deadline: tokio::time::Instant,
     ) -> Result<Lease, AcquireError> {
-        // Fast path: a free slot, no bookkeeping.
-        if let Some(lease) = self.try_lease(&self.lock()) {
+        // Fast path: a free slot, no bookkeeping. An instance started ahead of demand (at deploy,
+        // for `min`) was not waited for, so its first request is warm.
+        if let Some(mut lease) = self.try_lease(&self.lock()) {
+            lease.cold_start = None;
             return Ok(lease);
         }
         let epoch_at_start;
@@ -290,6 +307,7 @@ impl InstancePool {
             let decision = {
                 let st = self.lock();
                 if let Some(lease) = self.try_lease(&st) {
+                    // Waited, and got an instance's first slot: this request paid for its start.
                     return Ok(lease);
                 }
                 let live = st.slots.iter().any(|s| !s.draining.load(Ordering::Relaxed));
@@ -459,6 +477,7 @@ impl InstancePool {
             self.version,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        let begun = Instant::now();
         let result = match self.prepared().await {
             Ok(p) => self.runtime.start(&p, &id).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
@@ -473,6 +492,8 @@ impl InstancePool {
                     started: Instant::now(),
                     last_used_ms: AtomicU64::new(0),
                     served: AtomicU64::new(0),
+                    init: begun.elapsed(),
+                    fresh: AtomicBool::new(true),
                 });
                 {
                     let mut st = self.lock();

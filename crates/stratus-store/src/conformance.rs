@@ -12,7 +12,7 @@ use stratus_core::{
 
 use crate::{
     ChangeReason, LogLine, LogQuery, LogStore, LogStream, Metastore, NewVersion, Release,
-    ReleaseState, StoreError,
+    ReleaseState, RequestQuery, RequestRecord, StatusFilter, StoreError, Trigger,
 };
 
 fn spec(name: &str) -> FunctionSpec {
@@ -384,6 +384,7 @@ pub async fn logstore(store: &dyn LogStore) {
             LogStream::Stderr
         },
         line: format!("line {i}"),
+        request_id: None,
     };
     store
         .append((0..10).map(|i| line(i, "logs-a")).collect())
@@ -439,4 +440,155 @@ pub async fn logstore(store: &dyn LogStore) {
         left.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
         ["line 9", "line 10"]
     );
+
+    requests(store).await;
+}
+
+/// Request records: every filter, the grep through a request's own lines, tailing and pruning.
+async fn requests(store: &dyn LogStore) {
+    let rec = |i: u32, f: &str| RequestRecord {
+        id: 0,
+        request_id: format!("req-{f}-{i}"),
+        trace_id: format!("{:032x}", i / 2),
+        function: f.into(),
+        version: 1 + i % 2,
+        instance: "i-1".into(),
+        trigger: if i == 3 {
+            Trigger::Timer
+        } else {
+            Trigger::Http
+        },
+        method: "GET".into(),
+        path: format!("/p/{i}"),
+        start_ms: 10_000 + i as i64 * 10,
+        duration_us: 1_000 + i as u64,
+        queue_us: 5,
+        init_us: (i == 0).then_some(8_000),
+        status: if i % 5 == 4 { 503 } else { 200 },
+        error: (i % 5 == 4).then(|| "overloaded".to_string()),
+        bytes_in: 0,
+        bytes_out: 12,
+    };
+    store
+        .append_requests((0..10).map(|i| rec(i, "req-a")).collect())
+        .await
+        .unwrap();
+    store.append_requests(vec![rec(0, "req-b")]).await.unwrap();
+    let mut with_line = line_of("req-a", "req-req-a-2", "connection reset by peer");
+    with_line.at = 10_020;
+    store
+        .append(vec![with_line, line_of("req-a", "req-req-a-6", "all fine")])
+        .await
+        .unwrap();
+    let q = |f: &dyn Fn(&mut RequestQuery)| {
+        let mut q = RequestQuery {
+            function: Some("req-a".into()),
+            limit: 100,
+            ..Default::default()
+        };
+        f(&mut q);
+        q
+    };
+    let ids = |v: Vec<RequestRecord>| v.into_iter().map(|r| r.request_id).collect::<Vec<_>>();
+    let all = store.query_requests(q(&|_| {})).await.unwrap();
+    assert_eq!(all.len(), 10);
+    assert_eq!(
+        all[0],
+        RequestRecord {
+            id: all[0].id,
+            ..rec(0, "req-a")
+        },
+        "round trip"
+    );
+    assert_eq!(all[3].trigger, Trigger::Timer);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+    let errors = store
+        .query_requests(q(&|q| q.status = StatusFilter::parse("5xx")))
+        .await
+        .unwrap();
+    assert_eq!(ids(errors), ["req-req-a-4", "req-req-a-9"]);
+    let one = store
+        .query_requests(RequestQuery {
+            request_id: Some("req-req-a-7".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(one), ["req-req-a-7"]);
+    let trace = store
+        .query_requests(q(&|q| q.trace_id = Some(format!("{:032x}", 3))))
+        .await
+        .unwrap();
+    assert_eq!(ids(trace), ["req-req-a-6", "req-req-a-7"]);
+    let window = store
+        .query_requests(q(&|q| {
+            q.since_ms = Some(10_020);
+            q.until_ms = Some(10_040);
+            q.version = Some(1);
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ids(window), ["req-req-a-2", "req-req-a-4"]);
+    let grep_line = store
+        .query_requests(q(&|q| q.grep = Some("RESET by".into())))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(grep_line),
+        ["req-req-a-2"],
+        "grep reaches the request's lines"
+    );
+    let grep_error = store
+        .query_requests(q(&|q| q.grep = Some("overload".into())))
+        .await
+        .unwrap();
+    assert_eq!(ids(grep_error), ["req-req-a-4", "req-req-a-9"]);
+    let wildcard = store
+        .query_requests(q(&|q| q.grep = Some("%".into())))
+        .await
+        .unwrap();
+    assert!(wildcard.is_empty(), "grep text is literal");
+    let tail = store
+        .query_requests(q(&|q| {
+            q.after_id = Some(all[7].id);
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ids(tail), ["req-req-a-8", "req-req-a-9"]);
+    let lines = store
+        .query(LogQuery {
+            request_ids: vec!["req-req-a-2".into()],
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].request_id.as_deref(), Some("req-req-a-2"));
+    store.prune(10_050, 1_000_000).await.unwrap();
+    let left = store.query_requests(q(&|_| {})).await.unwrap();
+    assert_eq!(
+        ids(left),
+        [
+            "req-req-a-5",
+            "req-req-a-6",
+            "req-req-a-7",
+            "req-req-a-8",
+            "req-req-a-9"
+        ]
+    );
+}
+
+fn line_of(function: &str, request: &str, text: &str) -> LogLine {
+    LogLine {
+        id: 0,
+        at: 20_000,
+        function: function.into(),
+        version: 1,
+        instance: "i-1".into(),
+        stream: LogStream::Stdout,
+        line: text.into(),
+        request_id: Some(request.into()),
+    }
 }

@@ -209,6 +209,10 @@ pub enum BlobPutError {
 pub trait LogStore: Send + Sync + 'static {
     async fn append(&self, lines: Vec<LogLine>) -> Result<()>;
     async fn query(&self, q: LogQuery) -> Result<Vec<LogLine>>;
-    /// Deletes lines older than `before_ms`, and the oldest beyond `max_lines`.
+    /// Stores request records (written in batches by the telemetry writer).
+    async fn append_requests(&self, records: Vec<RequestRecord>) -> Result<()>;
+    async fn query_requests(&self, q: RequestQuery) -> Result<Vec<RequestRecord>>;
+    /// Deletes lines and request records older than `before_ms`, and the oldest of each beyond
+    /// `max_lines`.
     async fn prune(&self, before_ms: i64, max_lines: u64) -> Result<u64>;
 }

@@ -198,6 +198,10 @@ pub struct LogLine {
     pub instance: String,
     pub stream: LogStream,
     pub line: String,
+    /// The request the line was written during, when the runtime can tell (a wasm or handler
+    /// instance always can; a process serving one request at a time can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -207,7 +211,111 @@ pub struct LogQuery {
     /// Only lines with an id greater than this (for tailing).
     pub after_id: Option<i64>,
     pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only the lines of these requests.
+    pub request_ids: Vec<String>,
+    /// Only lines containing this text (case-insensitive for ASCII).
+    pub grep: Option<String>,
     /// The newest `limit` lines are returned, oldest first.
+    pub limit: u32,
+}
+
+/// What started an invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Http,
+    Async,
+    Timer,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Http => "http",
+            Trigger::Async => "async",
+            Trigger::Timer => "timer",
+        }
+    }
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "async" => Trigger::Async,
+            "timer" => Trigger::Timer,
+            _ => Trigger::Http,
+        }
+    }
+}
+
+/// One invocation, as the platform saw it (an activation record): written once, when the
+/// response ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Assigned by the store; 0 before.
+    #[serde(default)]
+    pub id: i64,
+    pub request_id: String,
+    pub trace_id: String,
+    pub function: String,
+    pub version: u32,
+    /// Empty when no instance was reached (throttled, timed out in the queue).
+    pub instance: String,
+    pub trigger: Trigger,
+    pub method: String,
+    pub path: String,
+    /// Unix milliseconds when the platform received it.
+    pub start_ms: i64,
+    /// Until the response body ended, in microseconds.
+    pub duration_us: u64,
+    /// Waiting for a slot.
+    pub queue_us: u64,
+    /// The instance start this request waited for (a cold start), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_us: Option<u64>,
+    pub status: u16,
+    /// The platform's error code (`timeout`, `throttled`, ...), or `function_error` for a 5xx
+    /// the function answered itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// A status class filter: `5xx` is 500..=599, `404` just that status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusFilter {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl StatusFilter {
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        if let Some(c) = s.strip_suffix("xx") {
+            let c: u16 = c.parse().ok().filter(|c| (1..=5).contains(c))?;
+            return Some(Self {
+                min: c * 100,
+                max: c * 100 + 99,
+            });
+        }
+        let n: u16 = s.parse().ok().filter(|n| (100..=599).contains(n))?;
+        Some(Self { min: n, max: n })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RequestQuery {
+    pub function: Option<String>,
+    pub version: Option<u32>,
+    pub status: Option<StatusFilter>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub request_id: Option<String>,
+    pub trace_id: Option<String>,
+    /// Requests whose path, error or log lines contain this text (case-insensitive for ASCII).
+    pub grep: Option<String>,
+    /// Only records with an id greater than this (for tailing).
+    pub after_id: Option<i64>,
+    /// The newest `limit` records are returned, oldest first.
     pub limit: u32,
 }
 

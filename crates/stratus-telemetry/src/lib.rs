@@ -137,6 +137,7 @@ mod tests {
             instance: "i".into(),
             stream: LogStream::Stdout,
             line: format!("l{i}"),
+            request_id: None,
         }
     }
 

@@ -1,8 +1,118 @@
+//! Log lines and request records. Both are append-only, written in batches by the telemetry
+//! writer, and pruned by age and count; queries go through indexes on function + id, time,
+//! request id and trace id, so finding one request among millions is an index lookup.
+
 use async_trait::async_trait;
-use rusqlite::params;
-use stratus_store::{LogLine, LogQuery, LogStore, LogStream, Result};
+use rusqlite::types::Value;
+use rusqlite::{Connection, params};
+use stratus_store::{
+    LogLine, LogQuery, LogStore, LogStream, RequestQuery, RequestRecord, Result, Trigger,
+};
 
 use super::{SqliteStore, db};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    function TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    instance TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    line TEXT NOT NULL,
+    request_id TEXT
+);
+CREATE INDEX IF NOT EXISTS logs_by_function ON logs(function, id);
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    function TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    instance TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL,
+    queue_us INTEGER NOT NULL,
+    init_us INTEGER,
+    status INTEGER NOT NULL,
+    error TEXT,
+    bytes_in INTEGER NOT NULL,
+    bytes_out INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_by_function ON requests(function, id);
+CREATE INDEX IF NOT EXISTS requests_by_start ON requests(start_ms);
+CREATE INDEX IF NOT EXISTS requests_by_request_id ON requests(request_id);
+CREATE INDEX IF NOT EXISTS requests_by_trace_id ON requests(trace_id);
+"#;
+
+/// Creates the tables, and brings a database from before request records up to date.
+pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let has_logs: bool = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'logs'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    if has_logs {
+        let has_request_id: bool = c
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('logs') WHERE name = 'request_id'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)?;
+        if !has_request_id {
+            c.execute_batch("ALTER TABLE logs ADD COLUMN request_id TEXT")?;
+        }
+    }
+    c.execute_batch(SCHEMA)?;
+    // Created after the column exists on old databases too.
+    c.execute_batch(
+        "CREATE INDEX IF NOT EXISTS logs_by_request ON logs(request_id) WHERE request_id IS NOT NULL",
+    )
+}
+
+/// `LIKE` pattern for a substring, with the wildcards in it escaped.
+fn like(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+const RECORD_COLUMNS: &str = "id, request_id, trace_id, function, version, instance, trigger, method, path, start_ms, duration_us, queue_us, init_us, status, error, bytes_in, bytes_out";
+
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
+    Ok(RequestRecord {
+        id: r.get(0)?,
+        request_id: r.get(1)?,
+        trace_id: r.get(2)?,
+        function: r.get(3)?,
+        version: r.get(4)?,
+        instance: r.get(5)?,
+        trigger: Trigger::parse(&r.get::<_, String>(6)?),
+        method: r.get(7)?,
+        path: r.get(8)?,
+        start_ms: r.get(9)?,
+        duration_us: r.get::<_, i64>(10)? as u64,
+        queue_us: r.get::<_, i64>(11)? as u64,
+        init_us: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
+        status: r.get(13)?,
+        error: r.get(14)?,
+        bytes_in: r.get::<_, i64>(15)? as u64,
+        bytes_out: r.get::<_, i64>(16)? as u64,
+    })
+}
 
 #[async_trait]
 impl LogStore for SqliteStore {
@@ -12,10 +122,10 @@ impl LogStore for SqliteStore {
             let tx = c.transaction().map_err(db)?;
             {
                 let mut st = tx
-                    .prepare_cached("INSERT INTO logs (at, function, version, instance, stream, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+                    .prepare_cached("INSERT INTO logs (at, function, version, instance, stream, line, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
                     .map_err(db)?;
                 for l in &lines {
-                    st.execute(params![l.at, l.function, l.version, l.instance, l.stream.as_str(), l.line]).map_err(db)?;
+                    st.execute(params![l.at, l.function, l.version, l.instance, l.stream.as_str(), l.line, l.request_id]).map_err(db)?;
                 }
             }
             tx.commit().map_err(db)
@@ -26,9 +136,9 @@ impl LogStore for SqliteStore {
     async fn query(&self, q: LogQuery) -> Result<Vec<LogLine>> {
         self.with(move |c| {
             let mut sql = String::from(
-                "SELECT id, at, function, version, instance, stream, line FROM logs WHERE 1=1",
+                "SELECT id, at, function, version, instance, stream, line, request_id FROM logs WHERE 1=1",
             );
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut args: Vec<Value> = Vec::new();
             if let Some(f) = q.function {
                 sql.push_str(" AND function = ?");
                 args.push(f.into());
@@ -45,6 +155,22 @@ impl LogStore for SqliteStore {
                 sql.push_str(" AND at >= ?");
                 args.push(s.into());
             }
+            if let Some(u) = q.until_ms {
+                sql.push_str(" AND at <= ?");
+                args.push(u.into());
+            }
+            if !q.request_ids.is_empty() {
+                sql.push_str(" AND request_id IN (");
+                for (i, r) in q.request_ids.into_iter().enumerate() {
+                    sql.push_str(if i == 0 { "?" } else { ", ?" });
+                    args.push(r.into());
+                }
+                sql.push(')');
+            }
+            if let Some(g) = q.grep {
+                sql.push_str(" AND line LIKE ? ESCAPE '\\'");
+                args.push(like(&g).into());
+            }
             sql.push_str(" ORDER BY id DESC LIMIT ?");
             args.push((q.limit.max(1) as i64).into());
             let mut st = c.prepare(&sql).map_err(db)?;
@@ -58,6 +184,7 @@ impl LogStore for SqliteStore {
                         instance: r.get(4)?,
                         stream: LogStream::parse(&r.get::<_, String>(5)?),
                         line: r.get(6)?,
+                        request_id: r.get(7)?,
                     })
                 })
                 .map_err(db)?;
@@ -68,17 +195,161 @@ impl LogStore for SqliteStore {
         .await
     }
 
+    async fn append_requests(&self, records: Vec<RequestRecord>) -> Result<()> {
+        self.with(move |c| {
+            let tx = c.transaction().map_err(db)?;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "INSERT INTO requests (request_id, trace_id, function, version, instance, trigger, method, path, start_ms, duration_us, queue_us, init_us, status, error, bytes_in, bytes_out) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    )
+                    .map_err(db)?;
+                for r in &records {
+                    st.execute(params![
+                        r.request_id,
+                        r.trace_id,
+                        r.function,
+                        r.version,
+                        r.instance,
+                        r.trigger.as_str(),
+                        r.method,
+                        r.path,
+                        r.start_ms,
+                        r.duration_us as i64,
+                        r.queue_us as i64,
+                        r.init_us.map(|v| v as i64),
+                        r.status,
+                        r.error,
+                        r.bytes_in as i64,
+                        r.bytes_out as i64,
+                    ])
+                    .map_err(db)?;
+                }
+            }
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn query_requests(&self, q: RequestQuery) -> Result<Vec<RequestRecord>> {
+        self.with(move |c| {
+            let mut sql = format!("SELECT {RECORD_COLUMNS} FROM requests r WHERE 1=1");
+            let mut args: Vec<Value> = Vec::new();
+            let mut push = |clause: &str, v: Value| {
+                sql.push_str(clause);
+                args.push(v);
+            };
+            if let Some(id) = q.request_id {
+                push(" AND request_id = ?", id.into());
+            }
+            if let Some(t) = q.trace_id {
+                push(" AND trace_id = ?", t.into());
+            }
+            if let Some(f) = q.function {
+                push(" AND function = ?", f.into());
+            }
+            if let Some(v) = q.version {
+                push(" AND version = ?", (v as i64).into());
+            }
+            if let Some(s) = q.status {
+                push(" AND status >= ?", (s.min as i64).into());
+                push(" AND status <= ?", (s.max as i64).into());
+            }
+            if let Some(s) = q.since_ms {
+                push(" AND start_ms >= ?", s.into());
+            }
+            if let Some(u) = q.until_ms {
+                push(" AND start_ms <= ?", u.into());
+            }
+            if let Some(a) = q.after_id {
+                push(" AND id > ?", a.into());
+            }
+            if let Some(g) = q.grep {
+                let p = like(&g);
+                sql.push_str(
+                    " AND (path LIKE ? ESCAPE '\\' OR error LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM logs l WHERE l.request_id = r.request_id AND l.line LIKE ? ESCAPE '\\'))",
+                );
+                args.extend([p.clone().into(), p.clone().into(), p.into()]);
+            }
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
+            args.push((q.limit.max(1) as i64).into());
+            let mut st = c.prepare(&sql).map_err(db)?;
+            let rows = st
+                .query_map(rusqlite::params_from_iter(args), record)
+                .map_err(db)?;
+            let mut out: Vec<RequestRecord> =
+                rows.collect::<rusqlite::Result<_>>().map_err(db)?;
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
     async fn prune(&self, before_ms: i64, max_lines: u64) -> Result<u64> {
         self.with(move |c| {
-            let by_age = c.execute("DELETE FROM logs WHERE at < ?1", [before_ms]).map_err(db)?;
-            let by_size = c
+            let mut n = 0;
+            n += c.execute("DELETE FROM logs WHERE at < ?1", [before_ms]).map_err(db)?;
+            n += c
                 .execute(
                     "DELETE FROM logs WHERE id <= (SELECT id FROM logs ORDER BY id DESC LIMIT 1 OFFSET ?1)",
                     [max_lines as i64],
                 )
                 .map_err(db)?;
-            Ok((by_age + by_size) as u64)
+            n += c
+                .execute("DELETE FROM requests WHERE start_ms < ?1", [before_ms])
+                .map_err(db)?;
+            n += c
+                .execute(
+                    "DELETE FROM requests WHERE id <= (SELECT id FROM requests ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+                    [max_lines as i64],
+                )
+                .map_err(db)?;
+            Ok(n as u64)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_from_before_request_records_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE logs (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, function TEXT NOT NULL, version INTEGER NOT NULL, instance TEXT NOT NULL, stream TEXT NOT NULL, line TEXT NOT NULL);
+                 INSERT INTO logs (at, function, version, instance, stream, line) VALUES (1, 'f', 1, 'i', 'stdout', 'kept');",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let lines = store
+            .query(LogQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(
+            (lines[0].line.as_str(), lines[0].request_id.as_deref()),
+            ("kept", None)
+        );
+        let mut new = lines[0].clone();
+        new.request_id = Some("r-1".into());
+        store.append(vec![new]).await.unwrap();
+        let got = store
+            .query(LogQuery {
+                request_ids: vec!["r-1".into()],
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "the new column is written and indexed");
     }
 }

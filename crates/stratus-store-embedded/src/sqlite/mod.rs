@@ -59,16 +59,6 @@ CREATE TABLE IF NOT EXISTS releases (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS releases_by_function ON releases(function, id);
-CREATE TABLE IF NOT EXISTS logs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at INTEGER NOT NULL,
-    function TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    instance TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    line TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS logs_by_function ON logs(function, id);
 PRAGMA user_version = 1;
 "#;
 
@@ -103,6 +93,7 @@ impl SqliteStore {
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         conn.execute_batch(events::SCHEMA).map_err(db)?;
+        logs::migrate(&conn).map_err(db)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             changes: Arc::new(watch::channel(0).0),
