@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use stratus_core::{FunctionSpec, VersionNumber};
-use stratus_store::LogLine;
+use stratus_store::{LogLine, RequestRecord};
 
 pub use code::CodeCache;
 
@@ -70,6 +70,12 @@ pub struct DirectEvent {
 /// output readers.
 pub trait LogSink: Send + Sync + 'static {
     fn emit(&self, line: LogLine);
+}
+
+/// Where finished invocations go (the telemetry writer). Like [`LogSink`], it must never block
+/// the request path: implementations queue with `try_send` and count what they drop.
+pub trait RequestSink: Send + Sync + 'static {
+    fn record(&self, record: RequestRecord);
 }
 
 /// A version made ready to start instances from.

@@ -1,21 +1,24 @@
 //! Telemetry that must never slow the request path.
 //!
-//! [`LogHub`] takes log lines from runtimes (instance stdout/stderr, platform lines) through a
-//! bounded channel with `try_send`: when the writer falls behind, lines are dropped and counted,
-//! never waited for. A single task batches them into the [`LogStore`] and prunes by age and size.
+//! [`LogHub`] takes log lines from runtimes (instance stdout/stderr, platform lines) and request
+//! records from the gateway and the event dispatcher through one bounded channel with
+//! `try_send`: when the writer falls behind, entries are dropped and counted, never waited for.
+//! A single task batches them into the [`LogStore`] and prunes by age and size.
 //! The console and `stratus logs --follow` read the store, so a tail works the same in cluster
 //! mode.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod stats;
+pub mod trace;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use stratus_core::now_ms;
-use stratus_runtime::LogSink;
-use stratus_store::{LogLine, LogStore};
+use stratus_runtime::{LogSink, RequestSink};
+use stratus_store::{LogLine, LogStore, RequestRecord};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Clone)]
@@ -39,9 +42,15 @@ impl Default for LogConfig {
     }
 }
 
+enum Entry {
+    Line(LogLine),
+    Request(Box<RequestRecord>),
+}
+
 pub struct LogHub {
-    tx: mpsc::Sender<LogLine>,
+    tx: mpsc::Sender<Entry>,
     dropped: AtomicU64,
+    dropped_records: AtomicU64,
     echo: bool,
 }
 
@@ -53,6 +62,7 @@ impl LogHub {
         Arc::new(Self {
             tx,
             dropped: AtomicU64::new(0),
+            dropped_records: AtomicU64::new(0),
             echo,
         })
     }
@@ -60,6 +70,11 @@ impl LogHub {
     /// Lines dropped because the writer was behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Request records dropped because the writer was behind.
+    pub fn dropped_records(&self) -> u64 {
+        self.dropped_records.load(Ordering::Relaxed)
     }
 
     /// Waits until everything sent so far has been written (for shutdown).
@@ -82,13 +97,21 @@ impl LogSink for LogHub {
                 line.function, line.version, line.instance, line.line
             );
         }
-        if self.tx.try_send(line).is_err() {
+        if self.tx.try_send(Entry::Line(line)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-async fn writer(store: Arc<dyn LogStore>, mut rx: mpsc::Receiver<LogLine>, config: LogConfig) {
+impl RequestSink for LogHub {
+    fn record(&self, record: RequestRecord) {
+        if self.tx.try_send(Entry::Request(Box::new(record))).is_err() {
+            self.dropped_records.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn writer(store: Arc<dyn LogStore>, mut rx: mpsc::Receiver<Entry>, config: LogConfig) {
     let mut prune = tokio::time::interval(Duration::from_secs(600));
     let mut batch = Vec::with_capacity(config.batch);
     loop {
@@ -107,7 +130,23 @@ async fn writer(store: Arc<dyn LogStore>, mut rx: mpsc::Receiver<LogLine>, confi
                         }
                     }
                 }
-                if let Err(e) = store.append(std::mem::take(&mut batch)).await {
+                let mut lines = Vec::with_capacity(batch.len());
+                let mut records = Vec::new();
+                for e in batch.drain(..) {
+                    match e {
+                        Entry::Line(l) => lines.push(l),
+                        Entry::Request(r) => records.push(*r),
+                    }
+                }
+                // Records first: a reader that finds a line by request id finds its record.
+                if !records.is_empty()
+                    && let Err(e) = store.append_requests(records).await
+                {
+                    tracing::error!("dropping a batch of request records: {e}");
+                }
+                if !lines.is_empty()
+                    && let Err(e) = store.append(lines).await
+                {
                     tracing::error!("dropping a batch of log lines: {e}");
                 }
             }

@@ -18,6 +18,7 @@ pub const BUCKETS_MS: &[u64] = &[
 #[derive(Default)]
 pub struct Histogram {
     counts: [AtomicU64; 26],
+    sum_us: AtomicU64,
 }
 
 impl Histogram {
@@ -28,6 +29,13 @@ impl Histogram {
             .position(|b| ms < *b)
             .unwrap_or(BUCKETS_MS.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The sum of every recorded duration.
+    pub fn sum(&self) -> Duration {
+        Duration::from_micros(self.sum_us.load(Ordering::Relaxed))
     }
 
     pub fn snapshot(&self) -> Vec<u64> {
@@ -61,6 +69,46 @@ pub struct VersionStats {
     requests: AtomicU64,
     errors: AtomicU64,
     latency: Histogram,
+    /// Responses by status class, 1xx..5xx.
+    classes: [AtomicU64; 5],
+    cold_starts: AtomicU64,
+    init: Histogram,
+    timeouts: AtomicU64,
+    /// Platform 429s (queue full, reserved concurrency).
+    throttled: AtomicU64,
+    /// Platform 503s (no slot within the queue timeout).
+    overloaded: AtomicU64,
+}
+
+/// What the platform knows about one finished invocation, for the counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome<'a> {
+    pub function: &'a str,
+    pub version: u32,
+    pub status: u16,
+    /// To the response's headers.
+    pub elapsed: Duration,
+    /// The instance start the request waited for.
+    pub init: Option<Duration>,
+    /// The platform's error code, when the platform answered.
+    pub error: Option<&'a str>,
+}
+
+/// Every counter of one version, for the metrics endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct VersionCounters {
+    pub function: String,
+    pub version: u32,
+    pub classes: [u64; 5],
+    pub errors: u64,
+    pub latency: Vec<u64>,
+    pub latency_sum: Duration,
+    pub cold_starts: u64,
+    pub init: Vec<u64>,
+    pub init_sum: Duration,
+    pub timeouts: u64,
+    pub throttled: u64,
+    pub overloaded: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -127,12 +175,74 @@ impl TrafficStats {
     }
 
     pub fn record(&self, function: &str, version: u32, status: u16, elapsed: Duration) {
-        let s = self.get(function, version);
+        self.record_outcome(&Outcome {
+            function,
+            version,
+            status,
+            elapsed,
+            init: None,
+            error: None,
+        });
+    }
+
+    pub fn record_outcome(&self, o: &Outcome<'_>) {
+        let s = self.get(o.function, o.version);
         s.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
+        if o.status >= 500 {
             s.errors.fetch_add(1, Ordering::Relaxed);
         }
-        s.latency.record(elapsed);
+        let class = (o.status / 100).clamp(1, 5) as usize - 1;
+        s.classes[class].fetch_add(1, Ordering::Relaxed);
+        s.latency.record(o.elapsed);
+        if let Some(init) = o.init {
+            s.cold_starts.fetch_add(1, Ordering::Relaxed);
+            s.init.record(init);
+        }
+        let counter = match o.error {
+            Some("timeout") => Some(&s.timeouts),
+            Some("throttled") => Some(&s.throttled),
+            Some("overloaded") => Some(&s.overloaded),
+            _ => None,
+        };
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every version's counters, sorted by function and version.
+    pub fn counters(&self) -> Vec<VersionCounters> {
+        let r = self.by_function.read().unwrap_or_else(|p| p.into_inner());
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out: Vec<VersionCounters> = r
+            .iter()
+            .flat_map(|(f, m)| {
+                m.iter().map(move |(v, s)| VersionCounters {
+                    function: f.clone(),
+                    version: *v,
+                    classes: std::array::from_fn(|i| l(&s.classes[i])),
+                    errors: l(&s.errors),
+                    latency: s.latency.snapshot(),
+                    latency_sum: s.latency.sum(),
+                    cold_starts: l(&s.cold_starts),
+                    init: s.init.snapshot(),
+                    init_sum: s.init.sum(),
+                    timeouts: l(&s.timeouts),
+                    throttled: l(&s.throttled),
+                    overloaded: l(&s.overloaded),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.function, a.version).cmp(&(&b.function, b.version)));
+        out
+    }
+
+    /// Forgets a function's counters (when it is deleted), so label sets stay bounded by what
+    /// is deployed.
+    pub fn forget(&self, function: &str) {
+        self.by_function
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(function);
     }
 
     pub fn snapshot(&self, function: &str, version: u32) -> StatsSnapshot {
