@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -9,11 +7,10 @@ use axum::routing::{delete, get, post, put};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use stratus_core::{AliasName, FunctionName, Target, TrafficPolicy, VersionNumber, now_ms};
+use stratus_core::{AliasName, FunctionName, TrafficPolicy, VersionNumber};
 use stratus_scaler::PoolStatus;
 use stratus_store::{
-    AliasChange, AliasRecord, ChangeReason, FunctionRecord, LogLine, LogQuery, Release,
-    VersionRecord,
+    AliasChange, AliasRecord, ChangeReason, FunctionRecord, Release, VersionRecord,
 };
 
 use crate::release::NewRelease;
@@ -90,10 +87,9 @@ pub fn register(r: ApiRoutes) -> ApiRoutes {
             post(abort_release),
         )
         .add("get", "/api/v1/functions/{name}/instances", get(instances))
-        .add("get", "/api/v1/functions/{name}/logs", get(logs))
 }
 
-fn function(name: &str) -> Result<FunctionName, ApiError> {
+pub(crate) fn function(name: &str) -> Result<FunctionName, ApiError> {
     FunctionName::new(name).map_err(|e| bad_request(e.to_string()))
 }
 
@@ -344,92 +340,4 @@ async fn instances(
     let f = function(&name)?;
     cp.store.get_function(&f).await?;
     Ok(Json(cp.fleet.status(&f)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogsQuery {
-    /// How many of the newest lines to return first (default 100).
-    tail: Option<u32>,
-    /// Only lines newer than this duration (`1h`, `15m`).
-    since: Option<String>,
-    /// A version number or alias.
-    version: Option<String>,
-    /// Keep the response open and stream new lines as NDJSON.
-    follow: Option<bool>,
-}
-
-async fn logs(
-    State(cp): State<AppState>,
-    Path(name): Path<String>,
-    Query(q): Query<LogsQuery>,
-) -> Result<Response, ApiError> {
-    let f = function(&name)?;
-    cp.store.get_function(&f).await?;
-    let since_ms = match &q.since {
-        None => None,
-        Some(s) => Some(
-            now_ms()
-                - humantime::parse_duration(s)
-                    .map_err(|e| bad_request(format!("invalid `since` {s:?}: {e}")))?
-                    .as_millis() as i64,
-        ),
-    };
-    let version = match &q.version {
-        None => None,
-        Some(t) => {
-            let target = Target::parse(t).map_err(|e| bad_request(e.to_string()))?;
-            Some(cp.router.table().version_of(f.as_str(), &target)?.number.0)
-        }
-    };
-    let query = LogQuery {
-        function: Some(f.to_string()),
-        version,
-        after_id: None,
-        since_ms,
-        limit: q.tail.unwrap_or(100).min(10_000),
-        ..Default::default()
-    };
-    let first = cp.logs.query(query.clone()).await?;
-    let ndjson = |lines: &[LogLine]| -> String {
-        lines
-            .iter()
-            .map(|l| serde_json::to_string(l).expect("log lines serialize") + "\n")
-            .collect()
-    };
-    let head = ndjson(&first);
-    let resp =
-        |body: Body| ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
-    if !q.follow.unwrap_or(false) {
-        return Ok(resp(Body::from(head)));
-    }
-    // Tail by polling the store: the same code works whichever node wrote the lines.
-    let last = first.last().map(|l| l.id).unwrap_or(0);
-    let logs = cp.logs.clone();
-    let tail =
-        futures_util::stream::unfold((logs, query, last), move |(logs, mut q, last)| async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                q.after_id = Some(last);
-                q.since_ms = None;
-                q.limit = 1000;
-                match logs.query(q.clone()).await {
-                    Ok(lines) if !lines.is_empty() => {
-                        let next = lines.last().map(|l| l.id).unwrap_or(last);
-                        let chunk: String = lines
-                            .iter()
-                            .map(|l| serde_json::to_string(l).expect("serialize") + "\n")
-                            .collect();
-                        return Some((Ok::<_, std::io::Error>(chunk), (logs, q, next)));
-                    }
-                    Ok(_) => continue,
-                    Err(e) => {
-                        return Some((Err(std::io::Error::other(e.to_string())), (logs, q, last)));
-                    }
-                }
-            }
-        });
-    let stream =
-        futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(tail);
-    Ok(resp(Body::from_stream(stream)))
 }

@@ -9,6 +9,7 @@
 mod deploy;
 mod events;
 mod handlers;
+mod observe;
 pub mod release;
 
 use std::collections::HashMap;
@@ -24,7 +25,9 @@ use stratus_router::Router as RoutingRouter;
 use stratus_runtime::CodeCache;
 use stratus_scaler::Fleet;
 use stratus_store::{BlobStore, LogStore, Metastore};
+use stratus_telemetry::LogHub;
 use stratus_telemetry::stats::{ShadowRegistry, TrafficStats};
+use stratus_telemetry::trace::Tracer;
 
 pub use deploy::DeployOutcome;
 
@@ -36,6 +39,8 @@ pub struct ApiConfig {
     /// Largest deploy upload accepted.
     pub max_artifact_bytes: u64,
     pub admin_token: String,
+    /// `/metrics` needs the token too.
+    pub metrics_require_token: bool,
 }
 
 /// What the control plane is built from. The binary fills it with concrete backends.
@@ -49,6 +54,9 @@ pub struct ControlPlaneDeps {
     pub stats: Arc<TrafficStats>,
     pub shadows: Arc<ShadowRegistry>,
     pub config: ApiConfig,
+    /// The telemetry pipeline, for its own counters on `/metrics`.
+    pub hub: Option<Arc<LogHub>>,
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// Everything the control plane works with: its dependencies (reached through `Deref`, as
@@ -133,7 +141,7 @@ impl ApiRoutes {
 }
 
 pub fn routes() -> ApiRoutes {
-    handlers::register(ApiRoutes::new())
+    observe::register(handlers::register(ApiRoutes::new()))
 }
 
 /// Paths served without a token.
@@ -145,7 +153,8 @@ async fn auth(
     req: Request,
     next: Next,
 ) -> Response {
-    if PUBLIC.contains(&req.uri().path()) {
+    let path = req.uri().path();
+    if PUBLIC.contains(&path) || (path == "/metrics" && !cp.config.metrics_require_token) {
         return next.run(req).await;
     }
     let presented = headers

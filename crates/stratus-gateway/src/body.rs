@@ -1,6 +1,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -48,6 +48,8 @@ pub struct Limited<B> {
     pub inner: B,
     pub remaining: u64,
     pub exceeded: Arc<AtomicBool>,
+    /// Bytes passed through so far (for the request record).
+    pub counted: Arc<AtomicU64>,
 }
 
 impl<B> HttpBody for Limited<B>
@@ -71,6 +73,7 @@ where
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     self.remaining -= n;
+                    self.counted.fetch_add(n, Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

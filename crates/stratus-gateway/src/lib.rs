@@ -17,12 +17,14 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod observe;
 mod proxy;
 mod server;
 mod shadow;
 mod trace;
 mod view;
 
+pub use observe::Observers;
 pub use proxy::Gateway;
 pub use server::serve;
 pub use trace::TraceContext;

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -11,16 +11,18 @@ use stratus_router::{Router, ShadowTarget};
 use stratus_runtime::{Body, full_body};
 use stratus_scaler::{AcquireError, Fleet};
 use stratus_store::VersionRecord;
-use stratus_telemetry::stats::{ShadowRegistry, TrafficStats};
+use stratus_telemetry::stats::{Outcome, ShadowRegistry, TrafficStats};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::body::{Leased, Limited};
+use crate::observe::{Finished, Observers, Report, Timeline};
 use crate::shadow::{Hashed, PrimaryOutcome, Tee, run_mirror};
 use crate::trace::TraceContext;
 use crate::view::HttpView;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -117,6 +119,7 @@ pub struct Gateway {
     stats: Arc<TrafficStats>,
     shadows: Arc<ShadowRegistry>,
     mirror_slots: Arc<Semaphore>,
+    observers: Observers,
 }
 
 fn platform_error(e: PlatformError, rid: &HeaderValue) -> (Response<Body>, Option<Served>) {
@@ -128,6 +131,17 @@ struct Served {
     version: Arc<VersionRecord>,
     mirror: Option<oneshot::Sender<PrimaryOutcome>>,
     compare_body: bool,
+    timeline: Timeline,
+}
+
+/// A platform error answered after routing: counted and recorded against the version.
+fn failed(
+    err: PlatformError,
+    rid: &HeaderValue,
+    mut served: Served,
+) -> (Response<Body>, Option<Served>) {
+    served.timeline.error = Some(err.code.as_str());
+    (error_response(&err, rid), Some(served))
 }
 
 impl Gateway {
@@ -143,7 +157,14 @@ impl Gateway {
             stats,
             shadows,
             mirror_slots: Arc::new(Semaphore::new(MIRROR_SLOTS)),
+            observers: Observers::default(),
         }
+    }
+
+    /// Sends request records and trace spans to these sinks.
+    pub fn with_observers(mut self, observers: Observers) -> Self {
+        self.observers = observers;
+        self
     }
 
     pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Body>
@@ -156,12 +177,32 @@ impl Gateway {
         let Some(served) = served else { return resp };
         let status = resp.status().as_u16();
         let elapsed = started.elapsed();
-        self.stats.record(
-            served.version.function.as_str(),
-            served.version.number.0,
+        self.stats.record_outcome(&Outcome {
+            function: served.version.function.as_str(),
+            version: served.version.number.0,
             status,
             elapsed,
-        );
+            init: served.timeline.init,
+            error: served.timeline.error,
+        });
+        let resp = if self.observers.any() {
+            resp.map(|inner| {
+                Finished {
+                    inner,
+                    report: Some(Report {
+                        observers: self.observers.clone(),
+                        timeline: served.timeline,
+                        version: served.version.clone(),
+                        status,
+                    }),
+                    bytes_out: 0,
+                    ended: false,
+                }
+                .boxed_unsync()
+            })
+        } else {
+            resp
+        };
         match served.mirror {
             None => resp,
             Some(tx) if !served.compare_body => {
@@ -187,14 +228,19 @@ impl Gateway {
         B::Error: Into<stratus_runtime::BoxError>,
     {
         // 1. Identity.
+        let started = Instant::now();
+        let wall = SystemTime::now();
         let rid = request_id(req.headers());
-        let trace = req
+        let incoming = req
             .headers()
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse)
+            .and_then(TraceContext::parse);
+        let trace = incoming
+            .as_ref()
             .map(|t| t.child())
             .unwrap_or_else(TraceContext::new_root);
+        let invoke_span: [u8; 8] = rand::random();
 
         // 2. Routing: the alias's rules, then its weights (sticky or random).
         let host = host_of(&req);
@@ -213,6 +259,35 @@ impl Gateway {
         };
         let version = resolved.version.clone();
         let spec = &version.spec;
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let mut served = Served {
+            version: version.clone(),
+            mirror: None,
+            compare_body: false,
+            timeline: Timeline {
+                request_id: rid.to_str().unwrap_or_default().to_string(),
+                trace: trace.clone(),
+                parent: incoming.map(|t| t.span_id),
+                invoke_span,
+                trace_state: req
+                    .headers()
+                    .get(&TRACESTATE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
+                method: req.method().as_str().to_string(),
+                path: req.uri().path().to_string(),
+                wall,
+                started,
+                routed: Some(Instant::now()),
+                queue: None,
+                init: None,
+                sent: None,
+                instance: String::new(),
+                error: None,
+                bytes_in: bytes_in.clone(),
+            },
+        };
 
         // 3. Body limit, up front where the length is declared.
         let limit = spec.limits.max_body_bytes;
@@ -231,13 +306,8 @@ impl Gateway {
             )
         };
         if declared.is_some_and(|n| n > limit) {
-            return platform_error(too_large(), &rid);
+            return failed(too_large(), &rid, served);
         }
-        let mut served = Served {
-            version: version.clone(),
-            mirror: None,
-            compare_body: false,
-        };
 
         // 4. A slot on an instance, within the function's timeout.
         let timeout = spec.limits.timeout;
@@ -246,7 +316,10 @@ impl Gateway {
         // Waiting for a slot is bounded by the queue timeout (503 past it), the call by the timeout.
         let queue_timeout = spec.scaling.queue_timeout.unwrap_or(timeout).min(timeout);
         let queue_deadline = tokio::time::Instant::now() + queue_timeout;
-        let lease = match pool.acquire(queue_deadline).await {
+        let queued_at = Instant::now();
+        let acquired = pool.acquire(queue_deadline).await;
+        served.timeline.queue = Some((queued_at, Instant::now()));
+        let lease = match acquired {
             Ok(l) => l,
             Err(e) => {
                 let err = match e {
@@ -271,9 +344,11 @@ impl Gateway {
                         PlatformError::new(ErrorCode::ShuttingDown, "the server is shutting down")
                     }
                 };
-                return (error_response(&err, &rid), Some(served));
+                return failed(err, &rid, served);
             }
         };
+        served.timeline.init = lease.cold_start();
+        served.timeline.instance = lease.instance().id().to_string();
 
         // 5. Forward.
         let (mut parts, body) = req.into_parts();
@@ -285,9 +360,10 @@ impl Gateway {
         parts.uri = match format!("{}{query}", resolved.path).parse() {
             Ok(u) => u,
             Err(e) => {
-                return platform_error(
+                return failed(
                     PlatformError::new(ErrorCode::BadRequest, format!("bad path: {e}")),
                     &rid,
+                    served,
                 );
             }
         };
@@ -312,9 +388,14 @@ impl Gateway {
             h.insert(X_FORWARDED_PREFIX.clone(), v);
         }
         h.insert(X_REQUEST_ID.clone(), rid.clone());
+        // The function's parent is the gateway's invoke span, so its own spans nest under it.
+        let upstream_trace = TraceContext {
+            span_id: invoke_span,
+            ..trace
+        };
         h.insert(
             TRACEPARENT.clone(),
-            HeaderValue::from_str(&trace.header()).expect("ascii"),
+            HeaderValue::from_str(&upstream_trace.header()).expect("ascii"),
         );
         if h.get(header::HOST).is_none()
             && let Some(host) = &host
@@ -327,6 +408,7 @@ impl Gateway {
             inner: body,
             remaining: limit,
             exceeded: exceeded.clone(),
+            counted: bytes_in,
         }
         .boxed_unsync();
         if let Some(target) = resolved.shadow.filter(|s| random / 7 % 100 < s.percent) {
@@ -336,6 +418,7 @@ impl Gateway {
         let remaining = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .max(Duration::from_millis(1));
+        served.timeline.sent = Some(Instant::now());
         let result = tokio::time::timeout(remaining, lease.instance().handle(upstream)).await;
 
         // 6. Respond.
@@ -348,10 +431,10 @@ impl Gateway {
                         spec.name
                     ),
                 );
-                return (error_response(&e, &rid), Some(served));
+                return failed(e, &rid, served);
             }
             Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
-                return (error_response(&too_large(), &rid), Some(served));
+                return failed(too_large(), &rid, served);
             }
             Ok(Err(why)) => {
                 tracing::warn!(function = %spec.name, version = %version.number, "upstream error: {why}");
@@ -362,7 +445,7 @@ impl Gateway {
                         spec.name, version.number
                     ),
                 );
-                return (error_response(&e, &rid), Some(served));
+                return failed(e, &rid, served);
             }
             Ok(Ok(resp)) => resp,
         };

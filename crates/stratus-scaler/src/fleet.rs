@@ -175,6 +175,17 @@ impl Fleet {
         out
     }
 
+    /// Every pool's status with its function, for the metrics endpoint and `stratus top`.
+    pub fn statuses(&self) -> Vec<(FunctionName, PoolStatus)> {
+        let mut out: Vec<_> = self
+            .pools()
+            .iter()
+            .flat_map(|(f, m)| m.values().map(move |p| (f.clone(), p.status())))
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1.version).cmp(&(&b.0, b.1.version)));
+        out
+    }
+
     pub fn instance_count(&self) -> usize {
         self.all().iter().map(|p| p.instance_count()).sum()
     }

@@ -12,7 +12,7 @@ use stratus_core::{
 
 use crate::{
     ChangeReason, LogLine, LogQuery, LogStore, LogStream, Metastore, NewVersion, Release,
-    ReleaseState, RequestQuery, RequestRecord, StatusFilter, StoreError, Trigger,
+    ReleaseState, RequestQuery, RequestRecord, StatusFilter, StoreError, SummaryQuery, Trigger,
 };
 
 fn spec(name: &str) -> FunctionSpec {
@@ -566,6 +566,41 @@ async fn requests(store: &dyn LogStore) {
         .unwrap();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].request_id.as_deref(), Some("req-req-a-2"));
+    let sums = store
+        .summarize(SummaryQuery {
+            since_ms: 10_000,
+            until_ms: 10_090,
+            function: None,
+            bounds_us: vec![1_004, 1_008],
+        })
+        .await
+        .unwrap();
+    assert_eq!(sums.len(), 2);
+    let a = &sums[0];
+    assert_eq!(a.function, "req-a");
+    assert_eq!(
+        (a.requests, a.errors, a.cold_starts, a.throttled),
+        (10, 2, 1, 2)
+    );
+    assert_eq!(
+        a.buckets,
+        [5, 4, 1],
+        "durations 1000..=1009us against bounds 1004, 1008"
+    );
+    let only_b = store
+        .summarize(SummaryQuery {
+            since_ms: 10_000,
+            until_ms: 10_010,
+            function: Some("req-b".into()),
+            bounds_us: vec![],
+        })
+        .await
+        .unwrap();
+    assert_eq!(only_b.len(), 1);
+    assert_eq!(
+        (only_b[0].requests, only_b[0].buckets.as_slice()),
+        (1, &[1][..])
+    );
     store.prune(10_050, 1_000_000).await.unwrap();
     let left = store.query_requests(q(&|_| {})).await.unwrap();
     assert_eq!(

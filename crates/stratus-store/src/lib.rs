@@ -212,6 +212,8 @@ pub trait LogStore: Send + Sync + 'static {
     /// Stores request records (written in batches by the telemetry writer).
     async fn append_requests(&self, records: Vec<RequestRecord>) -> Result<()>;
     async fn query_requests(&self, q: RequestQuery) -> Result<Vec<RequestRecord>>;
+    /// Adds up the records that started in a window, per function.
+    async fn summarize(&self, q: SummaryQuery) -> Result<Vec<RequestSummary>>;
     /// Deletes lines and request records older than `before_ms`, and the oldest of each beyond
     /// `max_lines`.
     async fn prune(&self, before_ms: i64, max_lines: u64) -> Result<u64>;

@@ -302,6 +302,29 @@ impl StatusFilter {
     }
 }
 
+/// Request records of a time window, added up per function.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestSummary {
+    pub function: String,
+    pub requests: u64,
+    /// Status 500 and above.
+    pub errors: u64,
+    pub cold_starts: u64,
+    /// Refused by the platform for capacity (`throttled`, `overloaded`).
+    pub throttled: u64,
+    /// Counts of durations at or under each of the query's bounds, then the rest.
+    pub buckets: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SummaryQuery {
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub function: Option<String>,
+    /// Upper bounds, in microseconds, ascending, of the duration histogram to fill.
+    pub bounds_us: Vec<u64>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RequestQuery {
     pub function: Option<String>,

@@ -323,6 +323,8 @@ mod pb {
         pub value: Option<any_value::Value>,
     }
     pub mod any_value {
+        // The names of the .proto's oneof.
+        #[allow(clippy::enum_variant_names)]
         #[derive(Clone, PartialEq, prost::Oneof)]
         pub enum Value {
             #[prost(string, tag = "1")]

@@ -97,18 +97,47 @@ pub enum Command {
     /// Show a function's captured output.
     Logs {
         name: String,
-        /// Keep printing new lines.
+        /// Keep printing new entries.
         #[arg(long, short = 'f')]
         follow: bool,
-        /// Newest lines to show first.
+        /// Newest entries to show first.
         #[arg(long, default_value_t = 100)]
         tail: u32,
-        /// Only lines newer than this, like 15m or 1h.
+        /// Only entries from this time on: a duration ago (15m, 1h) or an RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
-        /// Only lines of this version or alias.
+        /// Only entries up to this time: a duration ago or an RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only entries of this version or alias.
         #[arg(long)]
         version: Option<String>,
+        /// Only requests with this status class (5xx, 4xx) or status (404), with their lines.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only requests whose path, error or log lines contain this text, with their lines.
+        #[arg(long)]
+        grep: Option<String>,
+        /// Only this request (its x-request-id), with its lines.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Only the requests of this trace (the trace id of a traceparent), with their lines.
+        #[arg(long)]
+        trace_id: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A live view across all functions: rate, errors, p50/p99, instances, cold starts.
+    Top {
+        /// The window each row adds up, ending now.
+        #[arg(long, default_value = "10s")]
+        window: String,
+        /// Time between refreshes.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+        /// Print one view and exit (for scripts; with --json, the API's summary).
+        #[arg(long)]
+        once: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -366,18 +395,36 @@ pub async fn run(cli: Cli) -> Result<()> {
             follow,
             tail,
             since,
+            until,
             version,
+            status,
+            grep,
+            request_id,
+            trace_id,
             client: c,
         } => {
             let mut q = vec![("tail", tail.to_string()), ("follow", follow.to_string())];
-            if let Some(s) = since {
-                q.push(("since", s));
-            }
-            if let Some(v) = version {
-                q.push(("version", v));
+            for (k, v) in [
+                ("since", since),
+                ("until", until),
+                ("version", version),
+                ("status", status),
+                ("grep", grep),
+                ("request_id", request_id),
+                ("trace_id", trace_id),
+            ] {
+                if let Some(v) = v {
+                    q.push((k, v));
+                }
             }
             client(&c)?.stream_logs(&name, &q, c.json).await
         }
+        Command::Top {
+            window,
+            interval,
+            once,
+            client: c,
+        } => crate::top::run(&client(&c)?, &window, interval, once, c.json).await,
         Command::Release {
             command,
             start,

@@ -14,6 +14,7 @@ mod init;
 mod invoke;
 mod output;
 mod serve;
+mod top;
 
 use std::process::ExitCode;
 

@@ -6,24 +6,32 @@ use anyhow::Result;
 use serde_json::Value;
 
 fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    print!("{}", table_string(headers, rows));
+}
+
+/// An aligned table as text, header first.
+pub fn table_string(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut out = String::new();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut line = |cells: Vec<String>| {
         let s: Vec<String> = cells
             .iter()
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        out.push_str(s.join("  ").trim_end());
+        out.push('\n');
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
         line(r);
     }
+    out
 }
 
 fn json(v: &Value) -> Result<()> {
@@ -31,7 +39,7 @@ fn json(v: &Value) -> Result<()> {
     Ok(())
 }
 
-fn s(v: &Value) -> String {
+pub fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -395,15 +403,48 @@ pub fn releases(v: &Value, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn log_line(v: &Value) -> String {
-    let at = v["at"]
-        .as_u64()
+fn time_ms(v: &Value) -> String {
+    v.as_u64()
         .map(|ms| {
             humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
         })
+        .unwrap_or_default()
+}
+
+/// One entry of a log stream: a request record (`kind: request`) or a line.
+pub fn log_line(v: &Value) -> String {
+    if v["kind"] == "request" {
+        let ms = |k: &str| v[k].as_u64().map(|us| us as f64 / 1000.0);
+        let mut out = format!(
+            "{} v{} {} {} {} {} {:.1}ms req={} trace={}",
+            time_ms(&v["start_ms"]),
+            s(&v["version"]),
+            s(&v["trigger"]),
+            s(&v["method"]),
+            s(&v["path"]),
+            s(&v["status"]),
+            ms("duration_us").unwrap_or_default(),
+            s(&v["request_id"]),
+            s(&v["trace_id"]),
+        );
+        if let Some(q) = ms("queue_us").filter(|q| *q >= 0.1) {
+            out.push_str(&format!(" queued={q:.1}ms"));
+        }
+        if let Some(i) = ms("init_us") {
+            out.push_str(&format!(" cold={i:.1}ms"));
+        }
+        if let Some(e) = v["error"].as_str() {
+            out.push_str(&format!(" error={e}"));
+        }
+        return out;
+    }
+    let rid = v["request_id"]
+        .as_str()
+        .map(|r| format!(" [{}]", &r[..r.len().min(8)]))
         .unwrap_or_default();
     format!(
-        "{at} v{} {} {:<6} {}",
+        "{} v{} {} {:<6}{rid} {}",
+        time_ms(&v["at"]),
         s(&v["version"]),
         s(&v["instance"]),
         s(&v["stream"]),

@@ -12,9 +12,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use stratus_api::{ApiConfig, ControlPlane, ControlPlaneDeps};
 use stratus_core::RuntimeKind;
-use stratus_gateway::Gateway;
+use stratus_gateway::{Gateway, Observers};
 use stratus_router::{Router, RoutingTable};
-use stratus_runtime::{CodeCache, LogSink, Runtime};
+use stratus_runtime::{CodeCache, LogSink, RequestSink, Runtime};
 use stratus_runtime_lambda::LambdaRuntime;
 use stratus_runtime_process::ProcessRuntime;
 use stratus_runtime_wasm::{WasmConfig, WasmRuntime};
@@ -22,6 +22,7 @@ use stratus_scaler::{Fleet, FleetConfig};
 use stratus_store::{BlobStore, LogStore, Metastore};
 use stratus_store_embedded::{LocalBlobStore, SqliteStore};
 use stratus_telemetry::stats::{ShadowRegistry, TrafficStats};
+use stratus_telemetry::trace::{TraceConfig, Tracer};
 use stratus_telemetry::{LogConfig, LogHub};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -52,6 +53,21 @@ pub struct ServeArgs {
     /// Largest deploy archive accepted, in MiB.
     #[arg(long, default_value_t = 512)]
     pub max_artifact_mib: u64,
+    /// Export trace spans over OTLP/HTTP (protobuf) to this collector, e.g. http://127.0.0.1:4318.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Require the admin bearer token on /metrics (open by default, like most exporters).
+    #[arg(long, env = "STRATUS_METRICS_REQUIRE_TOKEN")]
+    pub metrics_require_token: bool,
+    /// Do not store a record per request (counters and traces are unaffected).
+    #[arg(long)]
+    pub no_request_log: bool,
+    /// How long request records and log lines are kept.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub log_retention: Duration,
+    /// How many request records (and, separately, log lines) are kept at most.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub log_max_records: u64,
 }
 
 /// Reads the admin token, creating it (mode 0600) on first start.
@@ -145,7 +161,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     );
     let store: Arc<dyn Metastore> = sqlite.clone();
     let event_store: Arc<dyn stratus_store::EventStore> = sqlite.clone();
-    let logs: Arc<dyn LogStore> = sqlite;
+    // Logs and request records get a database of their own: their write rate and their
+    // retention deletes must not queue behind (or in front of) metastore transactions.
+    let logs: Arc<dyn LogStore> =
+        Arc::new(SqliteStore::open(&data.join("logs.db")).context("failed to open the log store")?);
     let blobs: Arc<dyn BlobStore> = Arc::new(
         LocalBlobStore::open(data.join("blobs")).context("failed to open the blob store")?,
     );
@@ -154,7 +173,24 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         blobs.clone(),
         Default::default(),
     )?);
-    let hub = LogHub::start(logs.clone(), LogConfig::default(), args.echo_logs);
+    let log_config = LogConfig {
+        retention: args.log_retention,
+        max_lines: args.log_max_records,
+        ..LogConfig::default()
+    };
+    let hub = LogHub::start(logs.clone(), log_config, args.echo_logs);
+    let tracer = match &args.otlp_endpoint {
+        None => None,
+        Some(url) => {
+            let t = Tracer::start(TraceConfig::new(url.clone())).map_err(anyhow::Error::msg)?;
+            tracing::info!("exporting traces over OTLP/HTTP to {url}");
+            Some(t)
+        }
+    };
+    let observers = Observers {
+        records: (!args.no_request_log).then(|| hub.clone() as Arc<dyn RequestSink>),
+        tracer: tracer.clone(),
+    };
     let sink: Arc<dyn LogSink> = hub.clone();
     // One runtime for every handler kind: lambda (your bootstrap), node and python (ours).
     let handlers: Arc<dyn Runtime> = Arc::new(
@@ -210,7 +246,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         config: ApiConfig {
             max_artifact_bytes: args.max_artifact_mib * 1024 * 1024,
             admin_token: token,
+            metrics_require_token: args.metrics_require_token,
         },
+        hub: Some(hub.clone()),
+        tracer,
     });
     let releases = stratus_api::release::spawn_controller(&cp, Duration::from_millis(500));
     // Async invocations and timers; "local" owns this node's claims, so after a crash the
@@ -236,6 +275,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         api_listener.local_addr()?,
         data.display()
     );
+    tracing::info!(
+        "metrics at http://{}/metrics ({}); request records {}",
+        api_listener.local_addr()?,
+        if args.metrics_require_token {
+            "bearer token required"
+        } else {
+            "no token"
+        },
+        if args.no_request_log { "off" } else { "on" },
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -243,7 +292,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     let gw = tokio::spawn(stratus_gateway::serve(
         gateway_listener,
-        Gateway::new(router, fleet.clone(), stats, shadows),
+        Gateway::new(router, fleet.clone(), stats, shadows).with_observers(observers),
         stopped(stop_rx.clone()),
         args.drain_timeout,
     ));

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 use stratus_store::{
-    LogLine, LogQuery, LogStore, LogStream, RequestQuery, RequestRecord, Result, Trigger,
+    LogLine, LogQuery, LogStore, LogStream, RequestQuery, RequestRecord, RequestSummary, Result,
+    SummaryQuery, Trigger,
 };
 
 use super::{SqliteStore, db};
@@ -280,6 +281,55 @@ impl LogStore for SqliteStore {
             let mut out: Vec<RequestRecord> =
                 rows.collect::<rusqlite::Result<_>>().map_err(db)?;
             out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn summarize(&self, q: SummaryQuery) -> Result<Vec<RequestSummary>> {
+        self.with(move |c| {
+            // The bucket index as one CASE over the bounds, so SQLite adds up the histogram
+            // in the same pass as the counts (no row leaves the database).
+            let bucket = if q.bounds_us.is_empty() {
+                "0".to_string()
+            } else {
+                let mut b = String::from("CASE");
+                for (i, bound) in q.bounds_us.iter().enumerate() {
+                    b.push_str(&format!(" WHEN duration_us <= {bound} THEN {i}"));
+                }
+                b.push_str(&format!(" ELSE {} END", q.bounds_us.len()));
+                b
+            };
+            let mut sql = format!(
+                "SELECT function, {bucket} AS b, count(*), total(status >= 500), total(init_us IS NOT NULL), total(coalesce(error IN ('throttled', 'overloaded'), 0)) FROM requests WHERE start_ms >= ?1 AND start_ms <= ?2"
+            );
+            let mut args: Vec<Value> = vec![q.since_ms.into(), q.until_ms.into()];
+            if let Some(f) = q.function {
+                sql.push_str(" AND function = ?3");
+                args.push(f.into());
+            }
+            sql.push_str(" GROUP BY function, b ORDER BY function");
+            let mut st = c.prepare(&sql).map_err(db)?;
+            let mut rows = st.query(rusqlite::params_from_iter(args)).map_err(db)?;
+            let mut out: Vec<RequestSummary> = Vec::new();
+            while let Some(r) = rows.next().map_err(db)? {
+                let function: String = r.get(0).map_err(db)?;
+                if out.last().is_none_or(|s| s.function != function) {
+                    out.push(RequestSummary {
+                        function,
+                        buckets: vec![0; q.bounds_us.len() + 1],
+                        ..Default::default()
+                    });
+                }
+                let s = out.last_mut().expect("pushed");
+                let b: i64 = r.get(1).map_err(db)?;
+                let n = |i| r.get::<_, f64>(i).map(|v| v as u64).map_err(db);
+                s.buckets[b as usize] += n(2)?;
+                s.requests += n(2)?;
+                s.errors += n(3)?;
+                s.cold_starts += n(4)?;
+                s.throttled += n(5)?;
+            }
             Ok(out)
         })
         .await

@@ -24,15 +24,24 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `serve` flags.
+    pub fn start_with(extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let mut s = Self::start_in(&data);
+        let mut s = Self::start_in_with(&data, extra);
         s._tmp = Some(tmp);
         s
     }
 
     /// Starts a server on an existing data dir (for restart tests).
     pub fn start_in(data: &Path) -> Self {
+        Self::start_in_with(data, &[])
+    }
+
+    pub fn start_in_with(data: &Path, extra: &[&str]) -> Self {
         let (gw_port, api_port) = (free_port(), free_port());
         std::fs::create_dir_all(data).unwrap();
         let log = data.with_extension(format!("log-{api_port}"));
@@ -46,6 +55,7 @@ impl Server {
             ])
             .arg("--data-dir")
             .arg(data)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -1,0 +1,260 @@
+//! What the gateway tells telemetry about each request, built from timings it takes anyway:
+//! the counters (at response headers), and the request record and trace spans (when the
+//! response body ends or the client goes away). Nothing here waits: the sinks queue with
+//! `try_send` and count what they drop.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use stratus_runtime::{Body, BoxError, RequestSink};
+use stratus_store::{RequestRecord, Trigger, VersionRecord};
+use stratus_telemetry::trace::{AttrValue, SpanKind, SpanRecord, Tracer};
+
+use crate::trace::TraceContext;
+
+/// The request's identity and its timeline through the gateway's stages.
+pub(crate) struct Timeline {
+    pub request_id: String,
+    /// The gateway's own span (its id is the server span's).
+    pub trace: TraceContext,
+    /// The caller's span, when it sent a `traceparent`.
+    pub parent: Option<[u8; 8]>,
+    /// The span the function sees as its parent (`traceparent` sent upstream).
+    pub invoke_span: [u8; 8],
+    pub trace_state: String,
+    pub method: String,
+    pub path: String,
+    pub wall: SystemTime,
+    pub started: Instant,
+    pub routed: Option<Instant>,
+    pub queue: Option<(Instant, Instant)>,
+    pub init: Option<Duration>,
+    pub sent: Option<Instant>,
+    pub instance: String,
+    /// The platform's error code, when the platform answered.
+    pub error: Option<&'static str>,
+    pub bytes_in: Arc<AtomicU64>,
+}
+
+/// Where the gateway's request records and spans go.
+#[derive(Clone, Default)]
+pub struct Observers {
+    pub records: Option<Arc<dyn RequestSink>>,
+    pub tracer: Option<Arc<Tracer>>,
+}
+
+impl Observers {
+    pub(crate) fn any(&self) -> bool {
+        self.records.is_some() || self.tracer.is_some()
+    }
+}
+
+/// A response body that reports the finished request when it ends or is dropped.
+pub(crate) struct Finished {
+    pub inner: Body,
+    pub report: Option<Report>,
+    pub bytes_out: u64,
+    pub ended: bool,
+}
+
+pub(crate) struct Report {
+    pub observers: Observers,
+    pub timeline: Timeline,
+    pub version: Arc<VersionRecord>,
+    pub status: u16,
+}
+
+impl HttpBody for Finished {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        match &poll {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.bytes_out += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                self.finish();
+            }
+            _ => {}
+        }
+        poll
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.ended |= self.inner.is_end_stream();
+        self.finish();
+    }
+}
+
+impl Finished {
+    fn finish(&mut self) {
+        if let Some(r) = self.report.take() {
+            r.emit(Instant::now(), self.bytes_out, self.ended);
+        }
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+impl Report {
+    pub(crate) fn emit(self, end: Instant, bytes_out: u64, ended: bool) {
+        let t = &self.timeline;
+        let error = match t.error {
+            Some(code) => Some(code.to_string()),
+            None if !ended => Some("client_closed".to_string()),
+            None if self.status >= 500 => Some("function_error".to_string()),
+            None => None,
+        };
+        let queue_wait = t.queue.map(|(a, b)| b - a).unwrap_or_default();
+        if let Some(sink) = &self.observers.records {
+            sink.record(RequestRecord {
+                id: 0,
+                request_id: t.request_id.clone(),
+                trace_id: t.trace.trace_id_hex(),
+                function: self.version.function.to_string(),
+                version: self.version.number.0,
+                instance: t.instance.clone(),
+                trigger: Trigger::Http,
+                method: t.method.clone(),
+                path: t.path.clone(),
+                start_ms: (nanos(t.wall) / 1_000_000) as i64,
+                duration_us: us(end - t.started),
+                queue_us: us(queue_wait),
+                init_us: t.init.map(us),
+                status: self.status,
+                error: error.clone(),
+                bytes_in: t.bytes_in.load(Ordering::Relaxed),
+                bytes_out,
+            });
+        }
+        if let Some(tracer) = &self.observers.tracer
+            && t.trace.flags & 1 == 1
+        {
+            for span in self.spans(end, bytes_out, error) {
+                tracer.submit(span);
+            }
+        }
+    }
+
+    /// The server span and its children: routing, queueing (with the cold start inside it),
+    /// and the invocation, whose id the function received as its parent.
+    fn spans(&self, end: Instant, bytes_out: u64, error: Option<String>) -> Vec<SpanRecord> {
+        let t = &self.timeline;
+        let at = |i: Instant| nanos(t.wall) + (i - t.started).as_nanos() as u64;
+        let function = self.version.function.to_string();
+        let child = |name: &str, kind, start: Instant, stop: Instant, id: [u8; 8]| SpanRecord {
+            trace_id: t.trace.trace_id,
+            span_id: id,
+            parent_span_id: Some(t.trace.span_id),
+            trace_state: t.trace_state.clone(),
+            name: name.to_string(),
+            kind,
+            start_unix_nanos: at(start),
+            end_unix_nanos: at(stop),
+            attributes: vec![],
+            error: None,
+        };
+        let mut out = Vec::with_capacity(5);
+        let mut server = SpanRecord {
+            trace_id: t.trace.trace_id,
+            span_id: t.trace.span_id,
+            parent_span_id: t.parent,
+            trace_state: t.trace_state.clone(),
+            name: format!("{} {function}", t.method),
+            kind: SpanKind::Server,
+            start_unix_nanos: at(t.started),
+            end_unix_nanos: at(end),
+            attributes: vec![
+                ("faas.name", AttrValue::Str(function.clone())),
+                (
+                    "faas.version",
+                    AttrValue::Str(self.version.number.0.to_string()),
+                ),
+                ("faas.instance", AttrValue::Str(t.instance.clone())),
+                ("faas.trigger", AttrValue::Str("http".into())),
+                ("faas.invocation_id", AttrValue::Str(t.request_id.clone())),
+                ("faas.coldstart", AttrValue::Bool(t.init.is_some())),
+                ("http.request.method", AttrValue::Str(t.method.clone())),
+                ("url.path", AttrValue::Str(t.path.clone())),
+                (
+                    "http.response.status_code",
+                    AttrValue::Int(self.status as i64),
+                ),
+                ("http.response.body.size", AttrValue::Int(bytes_out as i64)),
+            ],
+            error: error.filter(|_| self.status >= 500 || t.error.is_some()),
+        };
+        if let Some(code) = t.error {
+            server
+                .attributes
+                .push(("error.type", AttrValue::Str(code.into())));
+        }
+        out.push(server);
+        let routed = t.routed.unwrap_or(t.started);
+        out.push(child(
+            "route",
+            SpanKind::Internal,
+            t.started,
+            routed,
+            rand::random(),
+        ));
+        if let Some((a, b)) = t.queue {
+            let queue_id: [u8; 8] = rand::random();
+            out.push(child("queue", SpanKind::Internal, a, b, queue_id));
+            if let Some(init) = t.init {
+                let mut cold = child(
+                    "cold_start",
+                    SpanKind::Internal,
+                    b.checked_sub(init).unwrap_or(a).max(a),
+                    b,
+                    rand::random(),
+                );
+                cold.parent_span_id = Some(queue_id);
+                cold.attributes
+                    .push(("faas.instance", AttrValue::Str(t.instance.clone())));
+                out.push(cold);
+            }
+        }
+        if let Some(sent) = t.sent {
+            let mut invoke = child(
+                &format!("invoke {function}"),
+                SpanKind::Client,
+                sent,
+                end,
+                t.invoke_span,
+            );
+            invoke
+                .attributes
+                .push(("faas.instance", AttrValue::Str(t.instance.clone())));
+            out.push(invoke);
+        }
+        out
+    }
+}
