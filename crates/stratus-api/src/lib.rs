@@ -36,6 +36,9 @@ pub struct ApiConfig {
     /// Largest deploy upload accepted.
     pub max_artifact_bytes: u64,
     pub admin_token: String,
+    /// How this node enforces process limits (cgroup v2/v1, rlimits) and isolates instances,
+    /// as the process runtime detected it; shown by `stratus info`.
+    pub enforcement: serde_json::Value,
 }
 
 /// What the control plane is built from. The binary fills it with concrete backends.

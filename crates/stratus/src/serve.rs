@@ -210,6 +210,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         config: ApiConfig {
             max_artifact_bytes: args.max_artifact_mib * 1024 * 1024,
             admin_token: token,
+            enforcement: serde_json::to_value(stratus_runtime_process::enforcement())
+                .unwrap_or_default(),
         },
     });
     let releases = stratus_api::release::spawn_controller(&cp, Duration::from_millis(500));
@@ -235,6 +237,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         gateway_listener.local_addr()?,
         api_listener.local_addr()?,
         data.display()
+    );
+    let limits = stratus_runtime_process::enforcement();
+    tracing::info!(
+        "process limits: {} (memory: {}; cpu: {}; pids: {}; stop: {})",
+        limits.mechanism,
+        limits.memory,
+        limits.cpu,
+        limits.pids,
+        limits.stop
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
