@@ -10,6 +10,7 @@ mod examples;
 mod faults;
 mod gateway;
 mod lifecycle;
+mod limits;
 mod scaling;
 mod traffic;
 mod wasm;
