@@ -140,6 +140,16 @@ struct FunctionInfo {
     aliases: Vec<AliasRecord>,
     versions: Vec<VersionSummary>,
     pools: Vec<PoolStatus>,
+    /// The latest version's resource limits and how this node enforces them.
+    limits: LimitsInfo,
+}
+
+#[derive(Serialize)]
+struct LimitsInfo {
+    memory_bytes: Option<u64>,
+    cpu: Option<f64>,
+    pids: Option<u32>,
+    enforcement: serde_json::Value,
 }
 
 #[derive(Serialize)]
@@ -173,11 +183,19 @@ async fn function_info(
     let record = cp.store.get_function(&f).await?;
     let aliases = cp.store.list_aliases(&f).await?;
     let versions = cp.store.list_versions(&f).await?;
+    let latest = versions.iter().max_by_key(|v| v.number);
+    let limits = LimitsInfo {
+        memory_bytes: latest.and_then(|v| v.spec.limits.memory_bytes),
+        cpu: latest.and_then(|v| v.spec.limits.cpu),
+        pids: latest.and_then(|v| v.spec.limits.pids),
+        enforcement: cp.config.enforcement.clone(),
+    };
     Ok(Json(FunctionInfo {
         function: record,
         aliases,
         versions: versions.iter().map(VersionSummary::from).collect(),
         pools: cp.fleet.status(&f),
+        limits,
     }))
 }
 

@@ -41,6 +41,9 @@ pub struct ApiConfig {
     pub admin_token: String,
     /// `/metrics` needs the token too.
     pub metrics_require_token: bool,
+    /// How this node enforces process limits (cgroup v2/v1, rlimits) and isolates instances,
+    /// as the process runtime detected it; shown by `stratus info`.
+    pub enforcement: serde_json::Value,
 }
 
 /// What the control plane is built from. The binary fills it with concrete backends.

@@ -73,9 +73,16 @@ pub struct Limits {
     pub concurrency: u32,
     /// Largest request body accepted (413 past it).
     pub max_body_bytes: u64,
-    /// Linear memory one instance may grow to (`wasm` only; 500 past it).
+    /// Memory one instance may use: a wasm instance's linear memory (500 past it), or a process
+    /// instance's resident memory including its children (cgroup limit; OOM-killed past it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// CPU one process instance may use, in cores (`0.5` = half a core; cgroup CPU quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Processes and threads one process instance may run at once (cgroup `pids.max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
     /// Where an instance may send HTTP requests (`wasm` only; everything else is denied), as
     /// `scheme://host[:port]` patterns (the manifest's top-level `allowed_outbound_hosts`).
     ///
@@ -93,6 +100,9 @@ impl Limits {
     pub const WASM_MEMORY_BYTES: u64 = 128 * 1024 * 1024;
     /// The largest `limits.memory`: a 32-bit linear memory cannot grow past 4 GiB.
     pub const WASM_MAX_MEMORY_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+    /// The range of `limits.memory` for process instances.
+    pub const PROCESS_MIN_MEMORY_BYTES: u64 = 4 * 1024 * 1024;
+    pub const PROCESS_MAX_MEMORY_BYTES: u64 = 1024 * 1024 * 1024 * 1024;
 }
 
 impl Default for Limits {
@@ -102,6 +112,8 @@ impl Default for Limits {
             concurrency: 50,
             max_body_bytes: 32 * 1024 * 1024,
             memory_bytes: None,
+            cpu: None,
+            pids: None,
             allowed_outbound_hosts: Vec::new(),
         }
     }

@@ -24,13 +24,12 @@ impl RuntimeChecks {
                 for (key, set) in [
                     ("component", m.component.is_some()),
                     ("allowed_outbound_hosts", m.allowed_outbound_hosts.is_some()),
-                    ("limits.memory", m.limits.memory.is_some()),
                 ] {
                     if set {
                         return Err(invalid(
                             key,
                             format!(
-                                "`{key}` is for runtime \"wasm\"; a process is not sandboxed, so it would have no effect"
+                                "`{key}` is for runtime \"wasm\"; a process's network is not filtered, so it would have no effect"
                             ),
                         ));
                     }
@@ -54,6 +53,19 @@ impl RuntimeChecks {
                         "health.path",
                         "runtime \"wasm\" has no health check: an instance is ready once its component is compiled",
                     ));
+                }
+                for (key, set) in [
+                    ("limits.cpu", m.limits.cpu.is_some()),
+                    ("limits.pids", m.limits.pids.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "`{key}` is for process instances; a wasm instance runs inside the server, bounded by `limits.memory` and `limits.timeout`"
+                            ),
+                        ));
+                    }
                 }
                 if m.build.install.is_some() {
                     return Err(invalid(
@@ -102,11 +114,9 @@ impl RuntimeChecks {
     }
 
     pub fn memory_bytes(&self, v: Option<&str>) -> Result<Option<u64>, Invalid> {
-        if self.kind != RuntimeKind::Wasm {
-            return Ok(None);
-        }
         let Some(s) = v else {
-            return Ok(Some(Limits::WASM_MEMORY_BYTES));
+            // A process has no memory limit unless the manifest sets one.
+            return Ok((self.kind == RuntimeKind::Wasm).then_some(Limits::WASM_MEMORY_BYTES));
         };
         let bad = |why: String| invalid("limits.memory", why);
         let n = parse_size(s).ok_or_else(|| {
@@ -114,6 +124,13 @@ impl RuntimeChecks {
                 "invalid size \"{s}\": write a number and a unit, like \"64MiB\" or \"1GiB\""
             ))
         })?;
+        if self.kind != RuntimeKind::Wasm {
+            // Below a few MiB no interpreter even starts; the limit would only look like a crash.
+            if !(Limits::PROCESS_MIN_MEMORY_BYTES..=Limits::PROCESS_MAX_MEMORY_BYTES).contains(&n) {
+                return Err(bad(format!("{s} is out of range: allowed 4MiB to 1TiB")));
+            }
+            return Ok(Some(n));
+        }
         // One wasm page is 64 KiB; a memory can never be smaller than its first page.
         if !(64 * 1024..=Limits::WASM_MAX_MEMORY_BYTES).contains(&n) {
             return Err(bad(format!(
@@ -121,6 +138,27 @@ impl RuntimeChecks {
             )));
         }
         Ok(Some(n))
+    }
+
+    /// Fractional cores; the quota is per 100 ms period, so 0.01 core (1 ms) is the finest step.
+    pub fn cpu(&self, v: Option<f64>) -> Result<Option<f64>, Invalid> {
+        match v {
+            None => Ok(None),
+            Some(c) if c.is_finite() && (0.01..=1024.0).contains(&c) => Ok(Some(c)),
+            Some(c) => Err(invalid(
+                "limits.cpu",
+                format!(
+                    "{c} is out of range: allowed 0.01 to 1024 cores (like 0.5 for half a core)"
+                ),
+            )),
+        }
+    }
+
+    pub fn pids(&self, v: Option<i64>) -> Result<Option<u32>, Invalid> {
+        match v {
+            None => Ok(None),
+            Some(n) => count("limits.pids", Some(n), 0, 1, 4_194_304).map(Some),
+        }
     }
 
     pub fn allowed_outbound_hosts(&self) -> Result<Vec<String>, Invalid> {
@@ -157,12 +195,13 @@ fn handler_runtime(m: &Manifest, command: Option<Vec<String>>) -> Result<Vec<Str
     for (key, set) in [
         ("component", m.component.is_some()),
         ("allowed_outbound_hosts", m.allowed_outbound_hosts.is_some()),
-        ("limits.memory", m.limits.memory.is_some()),
     ] {
         if set {
             return Err(invalid(
                 key,
-                format!("`{key}` is for runtime \"wasm\"; runtime \"{rt}\" is not sandboxed"),
+                format!(
+                    "`{key}` is for runtime \"wasm\"; runtime \"{rt}\" does not filter the network"
+                ),
             ));
         }
     }

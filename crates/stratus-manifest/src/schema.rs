@@ -69,8 +69,12 @@ pub struct LimitsToml {
     pub timeout: Option<String>,
     pub concurrency: Option<i64>,
     pub max_body: Option<String>,
-    /// `wasm`: how far one instance's linear memory may grow.
+    /// How much memory one instance may use (wasm: linear memory; processes: a cgroup limit).
     pub memory: Option<String>,
+    /// Processes: CPU cores one instance may use, fractional (`0.5`).
+    pub cpu: Option<f64>,
+    /// Processes: how many processes and threads one instance may run at once.
+    pub pids: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -237,6 +241,8 @@ impl Manifest {
             concurrency: runtime.concurrency(self.limits.concurrency)?,
             max_body_bytes,
             memory_bytes: runtime.memory_bytes(self.limits.memory.as_deref())?,
+            cpu: runtime.cpu(self.limits.cpu)?,
+            pids: runtime.pids(self.limits.pids)?,
             allowed_outbound_hosts: runtime.allowed_outbound_hosts()?,
         };
         let sd = Scaling::default();

@@ -2,7 +2,7 @@
 //! and waits for its `response` or `error`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use stratus_core::{ErrorCode, PlatformError, now_ms};
 use stratus_runtime::{
     Body, DirectEvent, Instance, InstanceHealth, LogSink, PreparedVersion, RuntimeError, full_body,
 };
-use stratus_runtime_process::signal_group;
+use stratus_runtime_process::Confinement;
 use stratus_store::{LogLine, LogStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -24,7 +24,7 @@ pub const FUNCTION_ERROR_HEADER: &str = "x-stratus-function-error";
 
 pub struct LambdaInstance {
     id: String,
-    pid: i32,
+    conf: Arc<Confinement>,
     _api: RuntimeApi,
     queue: mpsc::Sender<Invocation>,
     health: watch::Receiver<InstanceHealth>,
@@ -35,13 +35,25 @@ pub struct LambdaInstance {
 
 /// Kills the bootstrap if an invocation is abandoned (the caller timed out or went away): the
 /// bootstrap would go on with the stale event and hand the next caller a late slot. Lambda does
-/// the same with a runtime that times out.
-struct Abandon(i32, bool);
+/// the same with a runtime that times out. The kill is recorded as a timeout (or a stop, when
+/// the caller left early), never as a crash, so it does not feed the restart backoff.
+struct Abandon {
+    conf: Arc<Confinement>,
+    armed: bool,
+    started: Instant,
+    timeout: Duration,
+}
 
 impl Drop for Abandon {
     fn drop(&mut self) {
-        if self.1 {
-            signal_group(self.0, libc::SIGKILL);
+        if self.armed {
+            // The gateway gives up at the timeout; allow it a little slack for scheduling.
+            if self.started.elapsed() + Duration::from_millis(100) >= self.timeout {
+                self.conf.mark_timeout();
+            } else {
+                self.conf.mark_stopping();
+            }
+            self.conf.kill_all();
         }
     }
 }
@@ -77,7 +89,7 @@ fn respond(
 impl LambdaInstance {
     pub(crate) fn new(
         id: String,
-        pid: i32,
+        conf: Arc<Confinement>,
         api: RuntimeApi,
         queue: mpsc::Sender<Invocation>,
         health: watch::Receiver<InstanceHealth>,
@@ -90,7 +102,7 @@ impl LambdaInstance {
         );
         Self {
             id,
-            pid,
+            conf,
             _api: api,
             queue,
             health,
@@ -101,7 +113,14 @@ impl LambdaInstance {
     }
 
     pub(crate) fn kill_now(&self) {
-        signal_group(self.pid, libc::SIGKILL);
+        self.conf.mark_stopping();
+        self.conf.kill_all();
+    }
+
+    /// Kills everything left and removes the cgroup, off the async threads.
+    async fn release(&self) {
+        let conf = self.conf.clone();
+        let _ = tokio::task::spawn_blocking(move || conf.release()).await;
     }
 
     fn running(&self) -> bool {
@@ -130,7 +149,12 @@ impl LambdaInstance {
     ) -> Result<Reply, RuntimeError> {
         let timeout = self.prepared.spec.limits.timeout;
         let id = inv.id.clone();
-        let mut guard = Abandon(self.pid, true);
+        let mut guard = Abandon {
+            conf: self.conf.clone(),
+            armed: true,
+            started: Instant::now(),
+            timeout,
+        };
         self.queue
             .send(inv)
             .await
@@ -155,7 +179,7 @@ impl LambdaInstance {
                 Err(RuntimeError::Upstream(format!("invocation {id} timed out after {timeout:?}")))
             }
         };
-        guard.1 = out.is_err();
+        guard.armed = out.is_err();
         out
     }
 }
@@ -278,10 +302,11 @@ impl Instance for LambdaInstance {
 
     async fn stop(&self, grace: Duration) {
         if !self.running() {
-            self.kill_now();
+            self.release().await;
             return;
         }
-        signal_group(self.pid, libc::SIGTERM);
+        self.conf.mark_stopping();
+        self.conf.signal(libc::SIGTERM);
         let mut health = self.health.clone();
         let wait = async {
             while matches!(*health.borrow_and_update(), InstanceHealth::Running) {
@@ -291,7 +316,7 @@ impl Instance for LambdaInstance {
             }
         };
         let _ = tokio::time::timeout(grace, wait).await;
-        self.kill_now();
+        self.release().await;
     }
 }
 

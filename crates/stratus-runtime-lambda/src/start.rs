@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use stratus_runtime::{InstanceHealth, LogSink, PreparedVersion, RuntimeError};
 pub(crate) use stratus_runtime_process::platform_line;
 use stratus_runtime_process::{
-    OutputTail, capture_output, configure_child, resolve_program, watch_exit,
+    Confinement, OutputTail, capture_output, resolve_program, watch_exit,
 };
 use stratus_store::LogLine;
 use tokio::process::Command;
@@ -62,7 +62,14 @@ pub async fn start(
         .env("LAMBDA_TASK_ROOT", &p.dir)
         .env("AWS_LAMBDA_FUNCTION_NAME", spec.name.as_str())
         .env("AWS_LAMBDA_FUNCTION_VERSION", p.version.to_string())
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env(
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            // MiB, as Lambda reports it; 128 (Lambda's smallest) when unlimited.
+            spec.limits
+                .memory_bytes
+                .map_or(128, |b| b / (1024 * 1024))
+                .to_string(),
+        )
         .env(
             "AWS_LAMBDA_FUNCTION_TIMEOUT",
             spec.limits.timeout.as_secs().max(1).to_string(),
@@ -79,9 +86,12 @@ pub async fn start(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    configure_child(&mut cmd);
+    let conf = Arc::new(Confinement::new(instance_id, &spec.limits)?);
+    let join = conf.configure(&mut cmd)?;
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| {
+    let spawned = cmd.spawn();
+    drop(join);
+    let mut child = spawned.map_err(|e| {
         RuntimeError::StartFailed(if e.kind() == std::io::ErrorKind::NotFound {
             format!(
                 "command `{}` not found: install it or fix `command` in stratus.toml",
@@ -91,7 +101,7 @@ pub async fn start(
             format!("command `{}` could not start: {e}", command[0])
         })
     })?;
-    let pid = child.id().unwrap_or(0) as i32;
+    conf.set_pid(child.id().unwrap_or(0) as i32);
     let tail = OutputTail::default();
     let sink: Arc<dyn LogSink> = if spec.runtime == stratus_core::RuntimeKind::Lambda {
         Arc::new(Tagging {
@@ -112,7 +122,7 @@ pub async fn start(
     let (health_tx, mut health) = watch::channel(InstanceHealth::Running);
     {
         let (logs, p, id) = (logs.clone(), p.clone(), instance_id.to_string());
-        watch_exit(child, logs, p, id, health_tx, || {});
+        watch_exit(child, logs, p, id, health_tx, conf.clone(), || {});
     }
     let mut start = api.start.clone();
     let timeout = spec.health.startup_timeout;
@@ -131,7 +141,13 @@ pub async fn start(
                 }
                 StartState::Starting => {}
             }
-            if let InstanceHealth::Exited { code, signal } = *health.borrow_and_update() {
+            if let InstanceHealth::Exited { code, signal, cause } = *health.borrow_and_update() {
+                if cause == stratus_runtime::ExitCause::OutOfMemory {
+                    return Err(format!(
+                        "the bootstrap was killed for going over limits.memory ({} MiB) before it asked for an invocation",
+                        spec.limits.memory_bytes.unwrap_or(0) / (1024 * 1024)
+                    ));
+                }
                 return Err(match (code, signal) {
                     (Some(c), _) => format!("the bootstrap exited with code {c} before it asked for an invocation"),
                     (_, Some(s)) => format!("the bootstrap was killed by signal {s} before it asked for an invocation"),
@@ -152,7 +168,7 @@ pub async fn start(
     });
     let inst = LambdaInstance::new(
         instance_id.to_string(),
-        pid,
+        conf,
         api,
         queue,
         health,

@@ -9,6 +9,8 @@ use hyper_util::rt::TokioExecutor;
 use stratus_runtime::{Body, Instance, InstanceHealth, RuntimeError, empty_body};
 use tokio::sync::{Notify, watch};
 
+use crate::confine::Confinement;
+
 pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
 
 pub fn client() -> Client {
@@ -22,7 +24,7 @@ pub fn client() -> Client {
 
 pub struct ProcessInstance {
     id: String,
-    pid: i32,
+    conf: Arc<Confinement>,
     port: u16,
     authority: http::uri::Authority,
     client: Client,
@@ -33,7 +35,7 @@ pub struct ProcessInstance {
 impl ProcessInstance {
     pub(crate) fn new(
         id: String,
-        pid: i32,
+        conf: Arc<Confinement>,
         port: u16,
         client: Client,
         health: watch::Receiver<InstanceHealth>,
@@ -44,7 +46,7 @@ impl ProcessInstance {
             .expect("valid authority");
         Self {
             id,
-            pid,
+            conf,
             port,
             authority,
             client,
@@ -57,8 +59,13 @@ impl ProcessInstance {
         self.port
     }
 
-    pub fn pid(&self) -> i32 {
-        self.pid
+    /// The instance's processes: its cgroup and limits.
+    pub fn confinement(&self) -> &Arc<Confinement> {
+        &self.conf
+    }
+
+    pub(crate) fn memory_limit_mib(&self) -> u64 {
+        self.conf.memory_limit() / (1024 * 1024)
     }
 
     pub(crate) fn health_rx(&self) -> watch::Receiver<InstanceHealth> {
@@ -69,19 +76,16 @@ impl ProcessInstance {
         matches!(*self.health.borrow(), InstanceHealth::Running)
     }
 
-    #[allow(unsafe_code)]
-    fn signal_group(&self, sig: i32) {
-        if self.pid > 0 {
-            // SAFETY: kill(2) with a negative pid signals the process group we created for this
-            // instance; it has no memory-safety preconditions.
-            unsafe {
-                libc::kill(-self.pid, sig);
-            }
-        }
+    pub(crate) fn kill_now(&self) {
+        self.conf.mark_stopping();
+        self.conf.kill_all();
     }
 
-    pub(crate) fn kill_now(&self) {
-        self.signal_group(libc::SIGKILL);
+    /// Kills everything left and removes the cgroup, off the async threads (rmdir waits for
+    /// the kernel to finish the killed processes).
+    async fn release(&self) {
+        let conf = self.conf.clone();
+        let _ = tokio::task::spawn_blocking(move || conf.release()).await;
     }
 
     pub(crate) async fn probe(&self, path: &str) -> bool {
@@ -145,11 +149,12 @@ impl Instance for ProcessInstance {
     async fn stop(&self, grace: Duration) {
         if !self.running() {
             // The leader is gone; make sure nothing it forked outlives it.
-            self.kill_now();
+            self.release().await;
             return;
         }
         let exited = self.exited.notified();
-        self.signal_group(libc::SIGTERM);
+        self.conf.mark_stopping();
+        self.conf.signal(libc::SIGTERM);
         let mut health = self.health.clone();
         let wait = async {
             while matches!(*health.borrow_and_update(), InstanceHealth::Running) {
@@ -163,7 +168,8 @@ impl Instance for ProcessInstance {
             _ = exited => {}
             _ = tokio::time::sleep(grace) => {}
         }
-        // Whatever is left of the group (the leader past its grace, or children it left behind).
-        self.kill_now();
+        // Whatever is left (the leader past its grace, or children it left behind, even outside
+        // its process group): everything in the cgroup.
+        self.release().await;
     }
 }

@@ -2,10 +2,13 @@
 //! with `PORT` and the manifest's `env`, and ready once its port accepts (or its health path
 //! answers 2xx). Requests are proxied over pooled keep-alive HTTP/1.1 connections.
 //!
-//! Each instance is its own process group, so stopping it reaches every process it forked, and
-//! asks the kernel to kill it should the server die (`PR_SET_PDEATHSIG`), so a `kill -9` of the
-//! server leaves no orphans holding ports.
+//! Each instance is its own process group and its own cgroup (see [`cgroup`]), which enforces
+//! `limits.memory`, `limits.cpu` and `limits.pids`; stopping it kills every process in the
+//! cgroup, even ones that left the process group. It asks the kernel to kill it should the
+//! server die (`PR_SET_PDEATHSIG`), so a `kill -9` of the server leaves no orphans holding ports.
 
+pub mod cgroup;
+mod confine;
 mod install;
 mod instance;
 mod spawn;
@@ -16,13 +19,12 @@ use async_trait::async_trait;
 use stratus_core::{FunctionSpec, VersionNumber};
 use stratus_runtime::{CodeCache, Instance, LogSink, PreparedVersion, Runtime, RuntimeError};
 
+pub use cgroup::{Enforcement, enforcement};
+pub use confine::{Confinement, signal_group};
 /// Process plumbing the handler runtimes (`stratus-runtime-lambda`) start their bootstraps with.
 pub use install::run_once as run_install;
 pub use instance::ProcessInstance;
-pub use spawn::{
-    OutputTail, capture_output, configure_child, platform_line, resolve_program, signal_group,
-    watch_exit,
-};
+pub use spawn::{OutputTail, capture_output, platform_line, resolve_program, watch_exit};
 
 /// Unpacks a version's artifact and runs its `[build] install` once per artifact: the `prepare`
 /// of every runtime whose instances are child processes in the version's folder.
@@ -58,6 +60,24 @@ impl ProcessRuntime {
     }
 }
 
+impl ProcessRuntime {
+    /// Starts an instance and hands back the concrete type (its cgroup is reachable through
+    /// [`ProcessInstance::confinement`]).
+    pub async fn start_process(
+        &self,
+        prepared: &PreparedVersion,
+        instance_id: &str,
+    ) -> Result<ProcessInstance, RuntimeError> {
+        spawn::start(
+            prepared,
+            instance_id,
+            self.logs.clone(),
+            self.client.clone(),
+        )
+        .await
+    }
+}
+
 #[async_trait]
 impl Runtime for ProcessRuntime {
     async fn prepare(
@@ -74,13 +94,6 @@ impl Runtime for ProcessRuntime {
         prepared: &PreparedVersion,
         instance_id: &str,
     ) -> Result<Arc<dyn Instance>, RuntimeError> {
-        let inst = spawn::start(
-            prepared,
-            instance_id,
-            self.logs.clone(),
-            self.client.clone(),
-        )
-        .await?;
-        Ok(Arc::new(inst))
+        Ok(Arc::new(self.start_process(prepared, instance_id).await?))
     }
 }

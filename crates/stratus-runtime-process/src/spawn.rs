@@ -4,12 +4,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stratus_core::{VersionNumber, now_ms};
-use stratus_runtime::{InstanceHealth, LogSink, PreparedVersion, RuntimeError};
+use stratus_runtime::{ExitCause, InstanceHealth, LogSink, PreparedVersion, RuntimeError};
 use stratus_store::{LogLine, LogStream};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+use crate::confine::Confinement;
 use crate::instance::{Client, ProcessInstance};
 
 const TAIL_LINES: usize = 20;
@@ -107,14 +108,16 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Reaps the child when it exits, logs how, and publishes it on `health`; `on_exit` runs last.
-/// Shared by every runtime that runs instances as child processes.
+/// Reaps the child when it exits, logs how (and why: out of memory, timeout), and publishes it
+/// on `health`; `on_exit` runs last. Shared by every runtime that runs instances as child
+/// processes.
 pub fn watch_exit(
     mut child: Child,
     logs: Arc<dyn LogSink>,
     p: PreparedVersion,
     id: String,
     health: watch::Sender<InstanceHealth>,
+    conf: Arc<Confinement>,
     on_exit: impl FnOnce() + Send + 'static,
 ) {
     tokio::spawn(async move {
@@ -126,13 +129,13 @@ pub fn watch_exit(
             }
             Err(_) => (None, None),
         };
-        let line = match (code, signal) {
-            (Some(c), _) => format!("instance {id} exited with code {c}"),
-            (_, Some(s)) => format!("instance {id} killed by signal {s}"),
-            _ => format!("instance {id} exited"),
-        };
-        platform_line(&*logs, &p, &id, line);
-        let _ = health.send(InstanceHealth::Exited { code, signal });
+        let cause = conf.cause();
+        platform_line(&*logs, &p, &id, conf.exit_line(&id, code, signal));
+        let _ = health.send(InstanceHealth::Exited {
+            code,
+            signal,
+            cause,
+        });
         on_exit();
     });
 }
@@ -149,45 +152,6 @@ pub fn platform_line(logs: &dyn LogSink, p: &PreparedVersion, instance: &str, li
         line,
         request_id: None,
     });
-}
-
-/// Signals an instance's whole process group (the leader was started with
-/// [`configure_child`]). Shared with the handler runtimes, whose crates forbid unsafe code.
-#[allow(unsafe_code)]
-pub fn signal_group(pid: i32, sig: i32) {
-    if pid > 0 {
-        // SAFETY: kill(2) with a negative pid signals a process group; it has no memory-safety
-        // preconditions.
-        unsafe {
-            libc::kill(-pid, sig);
-        }
-    }
-}
-
-/// Own process group and `PR_SET_PDEATHSIG`, for every instance process the platform starts.
-#[allow(unsafe_code)]
-pub fn configure_child(cmd: &mut Command) {
-    // Own process group: stop signals the group, reaching grandchildren too.
-    cmd.process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl and getppid,
-    // which are async-signal-safe; it touches no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            #[cfg(target_os = "linux")]
-            {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died between fork and prctl.
-                if libc::getppid() == 1 {
-                    return Err(std::io::Error::other(
-                        "server exited while starting the instance",
-                    ));
-                }
-            }
-            Ok(())
-        });
-    }
 }
 
 pub async fn start(
@@ -211,9 +175,12 @@ pub async fn start(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    configure_child(&mut cmd);
+    let conf = Arc::new(Confinement::new(instance_id, &spec.limits)?);
+    let join = conf.configure(&mut cmd)?;
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| {
+    let spawned = cmd.spawn();
+    drop(join);
+    let mut child = spawned.map_err(|e| {
         let what = if e.kind() == std::io::ErrorKind::NotFound {
             format!(
                 "command `{}` not found: install it or fix `command` in stratus.toml",
@@ -225,6 +192,7 @@ pub async fn start(
         RuntimeError::StartFailed(what)
     })?;
     let pid = child.id().unwrap_or(0) as i32;
+    conf.set_pid(pid);
     let tail = OutputTail::default();
     capture_output(
         &mut child,
@@ -241,13 +209,13 @@ pub async fn start(
         let p = p.clone();
         let id = instance_id.to_string();
         let exited = exited.clone();
-        watch_exit(child, logs, p, id, health_tx, move || {
+        watch_exit(child, logs, p, id, health_tx, conf.clone(), move || {
             exited.notify_waiters()
         });
     }
     let inst = ProcessInstance::new(
         instance_id.to_string(),
-        pid,
+        conf,
         port,
         client,
         health_rx,
@@ -295,7 +263,18 @@ async fn wait_ready(
     let mut health = inst.health_rx();
     let mut attempt = 0u32;
     loop {
-        if let InstanceHealth::Exited { code, signal } = *health.borrow_and_update() {
+        if let InstanceHealth::Exited {
+            code,
+            signal,
+            cause,
+        } = *health.borrow_and_update()
+        {
+            if cause == ExitCause::OutOfMemory {
+                return Err(format!(
+                    "the process was killed for going over limits.memory ({} MiB) before it was ready",
+                    inst.memory_limit_mib()
+                ));
+            }
             return Err(match (code, signal) {
                 (Some(c), _) => format!("the process exited with code {c} before it was ready"),
                 (_, Some(s)) => format!("the process was killed by signal {s} before it was ready"),

@@ -332,6 +332,7 @@ impl Instance for WasmInstance {
         self.health_tx.send_replace(InstanceHealth::Exited {
             code: Some(0),
             signal: None,
+            cause: stratus_runtime::ExitCause::Stopped,
         });
     }
 }

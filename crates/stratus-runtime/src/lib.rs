@@ -90,11 +90,37 @@ pub struct PreparedVersion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceHealth {
     Running,
-    /// Exited on its own; `code` is the exit code or `None` when killed by a signal.
+    /// Exited; `code` is the exit code or `None` when killed by a signal, `cause` says why.
     Exited {
         code: Option<i32>,
         signal: Option<i32>,
+        cause: ExitCause,
     },
+}
+
+/// Why an instance went away, as far as the platform knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCause {
+    /// It exited or crashed by itself.
+    Crashed,
+    /// The kernel killed it for going over `limits.memory`.
+    OutOfMemory,
+    /// The platform killed it because an invocation ran past `limits.timeout`.
+    Timeout,
+    /// The platform stopped it (scale-down, replacement, shutdown).
+    Stopped,
+}
+
+impl ExitCause {
+    /// Stable name for status output and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitCause::Crashed => "crashed",
+            ExitCause::OutOfMemory => "out_of_memory",
+            ExitCause::Timeout => "timeout",
+            ExitCause::Stopped => "stopped",
+        }
+    }
 }
 
 #[async_trait]

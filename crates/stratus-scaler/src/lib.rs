@@ -15,7 +15,7 @@ mod pool;
 pub use autoscale::{AutoscaleDecision, AutoscaleInput, AutoscalerState, autoscale};
 pub use decide::{Observation, ScaleDecision, decide, restart_backoff};
 pub use fleet::{Fleet, FleetConfig, VersionKey};
-pub use pool::{InstancePool, InstanceStatus, Lease, PoolStatus, ScaleEvent};
+pub use pool::{ExitReport, InstancePool, InstanceStatus, Lease, PoolStatus, ScaleEvent};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AcquireError {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use stratus_core::{FunctionSpec, VersionNumber, now_ms};
-use stratus_runtime::{Instance, InstanceHealth, PreparedVersion, Runtime};
+use stratus_runtime::{ExitCause, Instance, InstanceHealth, PreparedVersion, Runtime};
 use tokio::sync::Notify;
 
 use crate::AcquireError;
@@ -14,6 +14,8 @@ use crate::decide::{Observation, ScaleDecision, decide, restart_backoff};
 
 /// An instance lived less than this before exiting: count it as a crash loop step.
 const CRASH_WINDOW: Duration = Duration::from_secs(10);
+/// This many quick exits in a row are reported as a crash loop.
+const CRASH_LOOP: u32 = 3;
 
 struct Slot {
     instance: Arc<dyn Instance>,
@@ -48,6 +50,9 @@ struct PoolState {
     failure_epoch: u64,
     last_error: Option<String>,
     crashes: u64,
+    oom_kills: u64,
+    timeouts: u64,
+    last_exit: Option<ExitReport>,
     starts: u64,
     auto: AutoscalerState,
     desired: u32,
@@ -66,6 +71,20 @@ pub struct ScaleEvent {
 }
 
 const EVENTS_KEPT: usize = 10;
+
+/// How the last instance that went away unexpectedly did so, for `stratus info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExitReport {
+    pub at: i64,
+    pub instance: String,
+    /// `crashed`, `out_of_memory`, `timeout` or `stopped`.
+    pub reason: &'static str,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Consecutive quick exits (within 10 s of starting) including this one; 3 or more is a
+    /// crash loop, and restarts back off.
+    pub crash_loop: u32,
+}
 
 /// One in-flight request counted against the function's reserved concurrency.
 struct FunctionPermit(Arc<AtomicU32>);
@@ -142,6 +161,11 @@ pub struct PoolStatus {
     pub waiting: u32,
     pub starts: u64,
     pub crashes: u64,
+    /// Instances the kernel killed for going over `limits.memory`.
+    pub oom_kills: u64,
+    /// Instances the platform killed because an invocation ran past `limits.timeout`.
+    pub timeouts: u64,
+    pub last_exit: Option<ExitReport>,
     pub last_error: Option<String>,
     /// What the autoscaler wants (ready + starting).
     pub desired: u32,
@@ -537,27 +561,73 @@ impl InstancePool {
                 }
             }
             let Some(pool) = pool.upgrade() else { return };
-            let expected = slot.draining.load(Ordering::Relaxed);
+            let draining = slot.draining.load(Ordering::Relaxed);
+            let (code, signal, cause) = match *slot.instance.health().borrow() {
+                InstanceHealth::Exited {
+                    code,
+                    signal,
+                    cause,
+                } => (code, signal, cause),
+                InstanceHealth::Running => (None, None, ExitCause::Crashed),
+            };
+            // A timeout kill or a stop is the platform's doing: replace the instance, but do
+            // not count it as a crash or back off restarts for it.
+            let crash = !draining && matches!(cause, ExitCause::Crashed | ExitCause::OutOfMemory);
+            let unexpected = !draining && cause != ExitCause::Stopped;
             {
                 let mut st = pool.lock();
                 st.slots.retain(|s| !Arc::ptr_eq(s, &slot));
-                if !expected {
+                match cause {
+                    ExitCause::OutOfMemory => st.oom_kills += 1,
+                    ExitCause::Timeout => st.timeouts += 1,
+                    _ => {}
+                }
+                if crash {
                     st.crashes += 1;
-                    let health = *slot.instance.health().borrow();
-                    st.last_error = Some(format!(
-                        "instance {} exited unexpectedly ({health:?})",
-                        slot.instance.id()
-                    ));
                     if slot.started.elapsed() < CRASH_WINDOW {
                         st.failures += 1;
                     } else {
                         st.failures = 1;
                     }
-                    st.backoff_until = Some(Instant::now() + restart_backoff(st.failures));
+                    let backoff = restart_backoff(st.failures);
+                    st.backoff_until = Some(Instant::now() + backoff);
+                    let what = match cause {
+                        ExitCause::OutOfMemory => format!(
+                            "killed: out of memory (limit {} MiB)",
+                            pool.spec.limits.memory_bytes.unwrap_or(0) / (1024 * 1024)
+                        ),
+                        _ => match (code, signal) {
+                            (Some(c), _) => format!("exited with code {c}"),
+                            (_, Some(s)) => format!("killed by signal {s}"),
+                            _ => "exited".into(),
+                        },
+                    };
+                    let mut why = format!("instance {} {what}", slot.instance.id());
+                    if st.failures >= CRASH_LOOP {
+                        why.push_str(&format!(
+                            "; crash loop: {} exits within {}s of starting, next start in {}ms",
+                            st.failures,
+                            CRASH_WINDOW.as_secs(),
+                            backoff.as_millis()
+                        ));
+                    }
+                    st.last_error = Some(why);
+                }
+                if unexpected {
+                    st.last_exit = Some(ExitReport {
+                        at: now_ms(),
+                        instance: slot.instance.id().to_string(),
+                        reason: cause.as_str(),
+                        code,
+                        signal,
+                        crash_loop: if crash { st.failures } else { 0 },
+                    });
                 }
             }
-            if !expected {
-                tracing::warn!(function = %pool.spec.name, version = %pool.version, instance = slot.instance.id(), "instance exited unexpectedly");
+            if !draining {
+                if crash {
+                    tracing::warn!(function = %pool.spec.name, version = %pool.version, instance = slot.instance.id(), reason = cause.as_str(), "instance exited unexpectedly");
+                }
                 // Make sure any process it left behind goes too, then let the policy restart.
                 slot.instance.stop(Duration::ZERO).await;
                 pool.changed.notify_waiters();
@@ -623,6 +693,9 @@ impl InstancePool {
             waiting: st.waiting,
             starts: st.starts,
             crashes: st.crashes,
+            oom_kills: st.oom_kills,
+            timeouts: st.timeouts,
+            last_exit: st.last_exit.clone(),
             last_error: st.last_error.clone(),
             desired: st.desired,
             panic: st.panic,

@@ -199,6 +199,46 @@ pub fn info(v: &Value, as_json: bool) -> Result<()> {
         if let Some(e) = p["last_error"].as_str() {
             println!("version {} last error: {e}", s(&p["version"]));
         }
+        let x = &p["last_exit"];
+        if x.is_object() {
+            let n = x["crash_loop"].as_u64().unwrap_or(0);
+            println!(
+                "version {} last exit: {} {} at {}{} ({} crashes, {} out of memory, {} timeouts)",
+                s(&p["version"]),
+                s(&x["instance"]),
+                s(&x["reason"]).replace('_', " "),
+                time(&x["at"]),
+                if n >= 3 {
+                    format!(", crash loop ({n} quick exits in a row)")
+                } else {
+                    String::new()
+                },
+                s(&p["crashes"]),
+                s(&p["oom_kills"]),
+                s(&p["timeouts"]),
+            );
+        }
+    }
+    let l = &v["limits"];
+    let e = &l["enforcement"];
+    if e.is_object() {
+        let set = |v: &Value, show: &dyn Fn(&Value) -> String| {
+            if v.is_null() {
+                "unlimited".to_string()
+            } else {
+                show(v)
+            }
+        };
+        println!(
+            "limits: memory {}, cpu {}, pids {} (enforced by {})",
+            set(&l["memory_bytes"], &|v| size(v)),
+            set(&l["cpu"], &|v| format!("{} cores", s(v))),
+            set(&l["pids"], &|v| s(v)),
+            s(&e["mechanism"])
+        );
+        for k in ["memory", "cpu", "pids", "stop"] {
+            println!("  {k}: {}", s(&e[k]));
+        }
     }
     Ok(())
 }

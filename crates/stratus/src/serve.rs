@@ -247,6 +247,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             max_artifact_bytes: args.max_artifact_mib * 1024 * 1024,
             admin_token: token,
             metrics_require_token: args.metrics_require_token,
+            enforcement: serde_json::to_value(stratus_runtime_process::enforcement())
+                .unwrap_or_default(),
         },
         hub: Some(hub.clone()),
         tracer,
@@ -284,6 +286,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             "no token"
         },
         if args.no_request_log { "off" } else { "on" },
+    );
+    let limits = stratus_runtime_process::enforcement();
+    tracing::info!(
+        "process limits: {} (memory: {}; cpu: {}; pids: {}; stop: {})",
+        limits.mechanism,
+        limits.memory,
+        limits.cpu,
+        limits.pids,
+        limits.stop
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);

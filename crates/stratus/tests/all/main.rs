@@ -10,6 +10,7 @@ mod examples;
 mod faults;
 mod gateway;
 mod lifecycle;
+mod limits;
 mod observability;
 mod scaling;
 mod traffic;

@@ -1,0 +1,569 @@
+//! Per-instance resource limits: one cgroup per instance, detected once per server.
+//!
+//! Detection order: cgroup v2 with the memory/cpu/pids controllers delegated to a `stratus`
+//! subtree, else the cgroup v1 per-controller hierarchies (each controller found in
+//! `/proc/self/mountinfo` and proven writable), else rlimits (`RLIMIT_AS` for memory,
+//! `RLIMIT_NPROC` for processes; CPU cannot be rate-limited that way, so it is not enforced).
+//!
+//! An instance joins its cgroup in the forked child before `exec` (it writes `0`, meaning
+//! itself, into `cgroup.procs` through descriptors the parent opened), so no user code ever runs
+//! outside it and everything it forks is inside. Stopping kills every process in the cgroup.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use stratus_core::Limits;
+
+const PARENT: &str = "stratus";
+
+/// Which mechanism enforces the limits on this host.
+#[derive(Debug, Clone)]
+enum Backend {
+    /// The `stratus` directory under the cgroup2 mount, with these controllers enabled.
+    V2 {
+        dir: PathBuf,
+        controllers: Vec<&'static str>,
+    },
+    /// `<mount>/stratus` of each v1 controller that works here.
+    V1 {
+        memory: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+        pids: Option<PathBuf>,
+    },
+    Rlimit,
+}
+
+/// What this server enforces, and how; logged at start and shown by `stratus info`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Enforcement {
+    /// `cgroup v2`, `cgroup v1` or `rlimit`.
+    pub mechanism: String,
+    /// How `limits.memory` is enforced, or `not enforced: why`.
+    pub memory: String,
+    pub cpu: String,
+    pub pids: String,
+    /// How stopping an instance reaches every process it started.
+    pub stop: String,
+}
+
+struct Detected {
+    backend: Backend,
+    report: Enforcement,
+}
+
+static DETECTED: OnceLock<Detected> = OnceLock::new();
+
+fn detected() -> &'static Detected {
+    DETECTED.get_or_init(detect)
+}
+
+/// The enforcement this server uses (detected on first use).
+pub fn enforcement() -> Enforcement {
+    detected().report.clone()
+}
+
+fn detect() -> Detected {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some(d) = detect_v2(&mounts) {
+        return d;
+    }
+    if let Some(d) = detect_v1(&mounts) {
+        return d;
+    }
+    let why = if is_root() {
+        "no writable cgroup hierarchy with the memory, cpu or pids controller"
+    } else {
+        "the server is not root, so it cannot create cgroups"
+    };
+    Detected {
+        backend: Backend::Rlimit,
+        report: Enforcement {
+            mechanism: "rlimit".into(),
+            memory: format!("RLIMIT_AS (address space, not resident memory; {why})"),
+            cpu: format!("not enforced: an rlimit cannot limit a CPU rate ({why})"),
+            pids: if is_root() {
+                "not enforced: RLIMIT_NPROC does not apply to root".into()
+            } else {
+                "RLIMIT_NPROC (counts every process of the server's user)".into()
+            },
+            stop: "SIGKILL to the instance's process group (a process that leaves it survives)"
+                .into(),
+        },
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::geteuid() == 0
+    }
+}
+
+/// `(mount point, fstype, super options)` of each cgroup mount.
+fn cgroup_mounts(mountinfo: &str) -> Vec<(PathBuf, String, String)> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?;
+            let _source = r.next()?;
+            let opts = r.next().unwrap_or("");
+            fstype.starts_with("cgroup").then(|| {
+                (
+                    PathBuf::from(mount_point),
+                    fstype.to_string(),
+                    opts.to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A `stratus` directory under `mount` in which a child can be created and removed.
+fn writable_parent(mount: &Path) -> Option<PathBuf> {
+    let dir = mount.join(PARENT);
+    if fs::create_dir(&dir).is_err() && !dir.is_dir() {
+        return None;
+    }
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    fs::create_dir(&probe).ok()?;
+    fs::remove_dir(&probe).ok()?;
+    sweep(&dir);
+    Some(dir)
+}
+
+fn detect_v2(mounts: &str) -> Option<Detected> {
+    let (mount, _, _) = cgroup_mounts(mounts)
+        .into_iter()
+        .find(|(_, t, _)| t == "cgroup2")?;
+    let available = fs::read_to_string(mount.join("cgroup.controllers")).ok()?;
+    let wanted: Vec<&'static str> = ["memory", "cpu", "pids"]
+        .into_iter()
+        .filter(|c| available.split_whitespace().any(|a| a == *c))
+        .collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    let dir = writable_parent(&mount)?;
+    // Enable the controllers for our subtree and for the instance cgroups below it.
+    for c in &wanted {
+        let _ = fs::write(mount.join("cgroup.subtree_control"), format!("+{c}"));
+        let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+    }
+    let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let controllers: Vec<&'static str> = wanted
+        .into_iter()
+        .filter(|c| enabled.split_whitespace().any(|a| a == *c))
+        .collect();
+    if controllers.is_empty() {
+        return None;
+    }
+    let how = |c: &str, file: &str| {
+        if controllers.contains(&c) {
+            format!("cgroup v2 {file} ({})", dir.display())
+        } else {
+            format!(
+                "not enforced: the {c} controller is not delegated to {}",
+                dir.display()
+            )
+        }
+    };
+    let report = Enforcement {
+        mechanism: "cgroup v2".into(),
+        memory: how("memory", "memory.max"),
+        cpu: how("cpu", "cpu.max"),
+        pids: how("pids", "pids.max"),
+        stop: "cgroup.kill of the instance's cgroup".into(),
+    };
+    Some(Detected {
+        backend: Backend::V2 { dir, controllers },
+        report,
+    })
+}
+
+fn detect_v1(mounts: &str) -> Option<Detected> {
+    let all = cgroup_mounts(mounts);
+    let find = |ctrl: &str| {
+        all.iter()
+            .filter(|(_, t, _)| t == "cgroup")
+            .find(|(_, _, o)| o.split(',').any(|x| x == ctrl))
+            .and_then(|(m, _, _)| writable_parent(m))
+    };
+    let (memory, cpu, pids) = (find("memory"), find("cpu"), find("pids"));
+    if memory.is_none() && cpu.is_none() && pids.is_none() {
+        return None;
+    }
+    let how = |d: &Option<PathBuf>, c: &str, file: &str| match d {
+        Some(d) => format!("cgroup v1 {file} ({})", d.display()),
+        None => format!("not enforced: no writable v1 {c} hierarchy"),
+    };
+    let report = Enforcement {
+        mechanism: "cgroup v1".into(),
+        memory: how(&memory, "memory", "memory.limit_in_bytes"),
+        cpu: how(&cpu, "cpu", "cpu.cfs_quota_us"),
+        pids: how(&pids, "pids", "pids.max"),
+        stop: "SIGKILL to every process in the instance's cgroup".into(),
+    };
+    Some(Detected {
+        backend: Backend::V1 { memory, cpu, pids },
+        report,
+    })
+}
+
+/// The rlimits a child sets on itself before exec when no cgroup enforces the limits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Rlimits {
+    pub address_space: Option<u64>,
+    pub processes: Option<u64>,
+}
+
+/// CPU use and throttling of one instance, read from its cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    /// Periods in which the instance hit its quota.
+    pub nr_throttled: u64,
+    /// Time it spent throttled.
+    pub throttled: Duration,
+}
+
+/// One instance's cgroup(s); removed (after killing what is left in them) by [`Self::remove`].
+#[derive(Debug)]
+pub struct InstanceCgroup {
+    v2: bool,
+    memory: Option<PathBuf>,
+    cpu: Option<PathBuf>,
+    pids: Option<PathBuf>,
+}
+
+/// Open `cgroup.procs` files the child writes itself into; keep alive until spawn returns.
+pub struct JoinFiles(Vec<File>);
+
+impl JoinFiles {
+    pub(crate) fn empty() -> Self {
+        Self(Vec::new())
+    }
+
+    pub(crate) fn fds(&self) -> Vec<RawFd> {
+        self.0.iter().map(|f| f.as_raw_fd()).collect()
+    }
+}
+
+/// The rlimits to apply when no cgroup enforces `limits` (empty when cgroups do).
+pub(crate) fn rlimits(limits: &Limits) -> Rlimits {
+    match detected().backend {
+        Backend::Rlimit => Rlimits {
+            address_space: limits.memory_bytes,
+            processes: limits.pids.map(u64::from),
+        },
+        _ => Rlimits::default(),
+    }
+}
+
+impl InstanceCgroup {
+    /// Creates the instance's cgroup with its limits; `None` when this host has no cgroups.
+    pub fn create(instance_id: &str, limits: &Limits) -> io::Result<Option<Self>> {
+        let cg = match &detected().backend {
+            Backend::Rlimit => return Ok(None),
+            Backend::V2 { dir, controllers } => {
+                let name = unique_name(&[dir.as_path()], instance_id);
+                let d = dir.join(&name);
+                fs::create_dir(&d)?;
+                let has = |c: &str| controllers.contains(&c);
+                Self {
+                    v2: true,
+                    memory: has("memory").then(|| d.clone()),
+                    cpu: has("cpu").then(|| d.clone()),
+                    pids: Some(d),
+                }
+            }
+            Backend::V1 { memory, cpu, pids } => {
+                let parents: Vec<&Path> = [memory, cpu, pids]
+                    .into_iter()
+                    .flatten()
+                    .map(PathBuf::as_path)
+                    .collect();
+                let name = unique_name(&parents, instance_id);
+                let mut cg = Self {
+                    v2: false,
+                    memory: None,
+                    cpu: None,
+                    pids: None,
+                };
+                // Made one by one, so a failure part-way removes the ones already made.
+                for (i, parent) in [memory, cpu, pids].into_iter().enumerate() {
+                    if let Some(parent) = parent {
+                        let d = parent.join(&name);
+                        if let Err(e) = fs::create_dir(&d) {
+                            cg.remove();
+                            return Err(e);
+                        }
+                        match i {
+                            0 => cg.memory = Some(d),
+                            1 => cg.cpu = Some(d),
+                            _ => cg.pids = Some(d),
+                        }
+                    }
+                }
+                cg
+            }
+        };
+        // From here on, a failure must not leave the directories behind.
+        if let Err(e) = cg.apply(limits) {
+            cg.remove();
+            return Err(e);
+        }
+        Ok(Some(cg))
+    }
+
+    fn apply(&self, limits: &Limits) -> io::Result<()> {
+        let write = |dir: &Path, file: &str, value: String| {
+            fs::write(dir.join(file), &value).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("writing {value} to {}: {e}", dir.join(file).display()),
+                )
+            })
+        };
+        if let (Some(d), Some(bytes)) = (&self.memory, limits.memory_bytes) {
+            if self.v2 {
+                write(d, "memory.max", bytes.to_string())?;
+                // No swap: past the limit the instance is killed, not slowed to a crawl.
+                let _ = fs::write(d.join("memory.swap.max"), "0");
+            } else {
+                write(d, "memory.limit_in_bytes", bytes.to_string())?;
+                if d.join("memory.memsw.limit_in_bytes").exists() {
+                    write(d, "memory.memsw.limit_in_bytes", bytes.to_string())?;
+                }
+            }
+        }
+        if let (Some(d), Some(cores)) = (&self.cpu, limits.cpu) {
+            const PERIOD_US: u64 = 100_000;
+            let quota = ((cores * PERIOD_US as f64).round() as u64).max(1000);
+            if self.v2 {
+                write(d, "cpu.max", format!("{quota} {PERIOD_US}"))?;
+            } else {
+                write(d, "cpu.cfs_period_us", PERIOD_US.to_string())?;
+                write(d, "cpu.cfs_quota_us", quota.to_string())?;
+            }
+        }
+        if let (Some(d), Some(n)) = (&self.pids, limits.pids) {
+            write(d, "pids.max", n.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn dirs(&self) -> Vec<&Path> {
+        let mut v: Vec<&Path> = Vec::new();
+        for d in [&self.memory, &self.cpu, &self.pids].into_iter().flatten() {
+            if !v.contains(&d.as_path()) {
+                v.push(d);
+            }
+        }
+        v
+    }
+
+    pub(crate) fn join_files(&self) -> io::Result<JoinFiles> {
+        self.dirs()
+            .into_iter()
+            .map(|d| OpenOptions::new().write(true).open(d.join("cgroup.procs")))
+            .collect::<io::Result<Vec<_>>>()
+            .map(JoinFiles)
+    }
+
+    /// Every process in the instance's cgroup(s).
+    pub fn procs(&self) -> Vec<i32> {
+        let mut all = Vec::new();
+        for d in self.dirs() {
+            let mut s = String::new();
+            if File::open(d.join("cgroup.procs"))
+                .and_then(|mut f| f.read_to_string(&mut s))
+                .is_ok()
+            {
+                all.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// Kills every process in the cgroup, until none is left (a fork bomb's children are
+    /// caught by the next pass; the pids limit bounds how many there can be).
+    pub fn kill_all(&self) {
+        if self.v2
+            && let Some(d) = self.dirs().first()
+        {
+            let _ = fs::write(d.join("cgroup.kill"), "1");
+        }
+        for _ in 0..1000 {
+            let procs = self.procs();
+            if procs.is_empty() {
+                return;
+            }
+            for pid in procs {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Kills what is left and removes the directories (a cgroup can only be removed once empty,
+    /// and killed processes leave it when the kernel has finished them, a moment later).
+    pub fn remove(&self) {
+        self.kill_all();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for d in self.dirs() {
+            while let Err(e) = fs::remove_dir(d) {
+                if e.kind() == io::ErrorKind::NotFound || Instant::now() > deadline {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!("could not remove cgroup {}: {e}", d.display());
+                    }
+                    break;
+                }
+                self.kill_all();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    /// How many times the kernel's OOM killer killed a process in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(d) = &self.memory else { return 0 };
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        read_key(&d.join(file), "oom_kill").unwrap_or(0)
+    }
+
+    /// Memory the instance uses now (resident and page cache, as the cgroup counts it).
+    pub fn memory_usage(&self) -> Option<u64> {
+        let d = self.memory.as_ref()?;
+        let file = if self.v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        fs::read_to_string(d.join(file)).ok()?.trim().parse().ok()
+    }
+
+    pub fn cpu_stats(&self) -> Option<CpuStats> {
+        let d = self.cpu.as_ref()?;
+        let stat = d.join("cpu.stat");
+        let nr_throttled = read_key(&stat, "nr_throttled")?;
+        let throttled = if self.v2 {
+            Duration::from_micros(read_key(&stat, "throttled_usec")?)
+        } else {
+            Duration::from_nanos(read_key(&stat, "throttled_time")?)
+        };
+        Some(CpuStats {
+            nr_throttled,
+            throttled,
+        })
+    }
+
+    /// Processes and threads in the cgroup now.
+    pub fn pids_current(&self) -> Option<u64> {
+        let d = self.pids.as_ref()?;
+        fs::read_to_string(d.join("pids.current"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Times a fork was refused because of `pids.max`.
+    pub fn pids_refused(&self) -> Option<u64> {
+        let d = self.pids.as_ref()?;
+        read_key(&d.join("pids.events"), "max")
+    }
+}
+
+/// The instance id, or the id with a suffix when another server on this host (or a test) already
+/// has a cgroup of that name: ids are unique per server, not per host.
+fn unique_name(parents: &[&Path], instance_id: &str) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let taken = |n: &str| parents.iter().any(|p| p.join(n).exists());
+    if !taken(instance_id) {
+        return instance_id.to_string();
+    }
+    loop {
+        let n = format!(
+            "{instance_id}.{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        if !taken(&n) {
+            return n;
+        }
+    }
+}
+
+/// Removes empty instance cgroups a killed server left behind (non-empty ones may belong to
+/// another server on this host and are left alone).
+fn sweep(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir()
+            && fs::read_to_string(p.join("cgroup.procs")).is_ok_and(|s| s.trim().is_empty())
+        {
+            let _ = fs::remove_dir(&p);
+        }
+    }
+}
+
+/// `key value` lines (cgroup stat files).
+fn read_key(file: &Path, key: &str) -> Option<u64> {
+    fs::read_to_string(file).ok()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_v1_and_v2_mounts_in_mountinfo() {
+        let info = "\
+30 24 0:26 / /sys/fs/cgroup rw,relatime shared:4 - tmpfs tmpfs rw,mode=755
+33 30 0:29 / /sys/fs/cgroup/memory rw,relatime shared:7 - cgroup cgroup rw,memory
+34 30 0:30 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:8 - cgroup cgroup rw,cpu,cpuacct
+35 30 0:31 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
+";
+        let m = cgroup_mounts(info);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].0, PathBuf::from("/sys/fs/cgroup/memory"));
+        assert_eq!(m[1].2, "rw,cpu,cpuacct");
+        assert_eq!(m[2].1, "cgroup2");
+    }
+
+    #[test]
+    fn reads_stat_keys() {
+        let dir = std::env::temp_dir().join(format!("stratus-cg-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("cpu.stat");
+        fs::write(&f, "nr_periods 10\nnr_throttled 4\nthrottled_time 123\n").unwrap();
+        assert_eq!(read_key(&f, "nr_throttled"), Some(4));
+        assert_eq!(read_key(&f, "throttled_time"), Some(123));
+        assert_eq!(read_key(&f, "nr"), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,124 @@
+//! Resource limits and fault reporting through the real server: an out-of-memory kill and a
+//! timeout kill are reported as such in `stratus info` and the logs, and a timeout is not counted
+//! as a crash. Needs a cgroup memory controller (root here); says so and returns without one.
+
+use std::time::Duration;
+
+use crate::harness::{App, Server, eventually};
+
+const HANDLER: &str = r#"
+import time
+
+def handler(event, context):
+    path = event.get("rawPath")
+    if path == "/hog":
+        hog = b"x" * (256 << 20)
+        return {"len": len(hog)}
+    if path == "/sleep":
+        time.sleep(5)
+    return {"ok": True}
+"#;
+
+fn app(limits: &str) -> App {
+    let app = App::fixture("python-handler");
+    app.write("main.py", HANDLER);
+    app.edit_manifest("timeout = \"10s\"", limits);
+    app
+}
+
+fn info(s: &Server, name: &str) -> serde_json::Value {
+    s.cli(&["info", name, "--json"]).ok().json()
+}
+
+/// Log lines reach the store in batches: wait for the line.
+async fn assert_logs_contain(s: &Server, what: &str) {
+    let found = eventually(Duration::from_secs(10), || async {
+        s.cli(&["logs", "pyfn"])
+            .ok()
+            .stdout()
+            .contains(what)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        found.is_some(),
+        "{what:?} not in the logs:\n{}",
+        s.cli(&["logs", "pyfn"]).ok().stdout()
+    );
+}
+
+#[tokio::test]
+async fn an_oom_kill_is_reported_in_info_and_logs() {
+    let s = Server::start();
+    let app = app("timeout = \"10s\"\nmemory = \"64MiB\"\npids = 64\ncpu = 0.5");
+    s.deploy(&app.dir).ok();
+    let i = info(&s, "pyfn");
+    let e = &i["limits"]["enforcement"];
+    if !e["mechanism"].as_str().unwrap().starts_with("cgroup")
+        || e["memory"].as_str().unwrap().starts_with("not enforced")
+    {
+        eprintln!("skipping: no cgroup memory controller on this host: {e}");
+        return;
+    }
+    assert_eq!(i["limits"]["memory_bytes"], 64 * 1024 * 1024);
+    assert_eq!(i["limits"]["pids"], 64);
+    assert_eq!(i["limits"]["cpu"], 0.5);
+    assert!(
+        s.server_log().contains("process limits: cgroup"),
+        "{}",
+        s.server_log()
+    );
+    assert_eq!(s.get("/fn/pyfn/").await.status(), 200);
+    let r = s.get("/fn/pyfn/hog").await;
+    assert_eq!(r.status(), 502, "{:?}", r.text().await);
+    let i = eventually(Duration::from_secs(10), || async {
+        let i = info(&s, "pyfn");
+        (i["pools"][0]["oom_kills"] == 1).then_some(i)
+    })
+    .await
+    .expect("no OOM kill reported");
+    let p = &i["pools"][0];
+    assert_eq!(p["last_exit"]["reason"], "out_of_memory", "{p}");
+    assert_eq!(p["crashes"], 1, "{p}");
+    assert!(
+        p["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("killed: out of memory (limit 64 MiB)"),
+        "{p}"
+    );
+    let text = s.cli(&["info", "pyfn"]).ok().stdout();
+    assert!(text.contains("out of memory"), "{text}");
+    assert!(
+        text.contains("limits: memory 64.0 MiB, cpu 0.5 cores, pids 64 (enforced by cgroup"),
+        "{text}"
+    );
+    assert_logs_contain(&s, "killed: out of memory (limit 64 MiB)").await;
+    // A new instance serves the next request.
+    let ok = eventually(Duration::from_secs(10), || async {
+        (s.get("/fn/pyfn/").await.status() == 200).then_some(())
+    })
+    .await;
+    assert!(ok.is_some());
+}
+
+#[tokio::test]
+async fn a_timeout_kill_is_reported_and_not_counted_as_a_crash() {
+    let s = Server::start();
+    let app = app("timeout = \"1s\"");
+    s.deploy(&app.dir).ok();
+    let r = s.get("/fn/pyfn/sleep").await;
+    assert_eq!(r.status(), 504);
+    let i = eventually(Duration::from_secs(10), || async {
+        let i = info(&s, "pyfn");
+        (i["pools"][0]["timeouts"] == 1).then_some(i)
+    })
+    .await
+    .expect("no timeout kill reported");
+    let p = &i["pools"][0];
+    assert_eq!(p["last_exit"]["reason"], "timeout", "{p}");
+    assert_eq!(p["crashes"], 0, "a timeout counted as a crash: {p}");
+    assert_logs_contain(&s, "killed: invocation timed out after 1s").await;
+    // No restart backoff: the next request is served at once by a new instance.
+    assert_eq!(s.get("/fn/pyfn/").await.status(), 200);
+}
