@@ -3,8 +3,11 @@
 //!
 //! Policy, decided by [`Schedule::decide`]: a new trigger starts counting from when it is first
 //! seen (no fires from before it existed); after downtime the missed fires run **once**, for the
-//! most recent scheduled time, not as a flood; a fire is claimed in the store together with its
-//! invocation, against the last fire as read, so a restart (or a second node) never doubles it.
+//! most recent scheduled time at or before the first tick after the restart (so that one fire's
+//! scheduled time usually lies inside the downtime, up to one period before the node came back),
+//! not as a flood; a fire is claimed in the store together with its invocation, against the last
+//! fire as read, so a restart (or a second node) never doubles it. A fire claimed before a crash
+//! but not yet delivered is delivered after the restart with the same id (at least once).
 //! The trigger's key names the function, the trigger's position and its schedule, so editing a
 //! cron starts that trigger afresh.
 
@@ -87,7 +90,7 @@ async fn tick(engine: &Engine, schedules: &mut HashMap<String, Option<Schedule>>
                 FireDecision::Fire { at, missed } => {
                     if missed > 0 {
                         tracing::info!(
-                            "timer {key}: {missed} fires missed while down, running the latest once"
+                            "timer {key}: {missed} fires missed while down; running only the latest, at={at}"
                         );
                     }
                     (

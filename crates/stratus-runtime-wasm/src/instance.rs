@@ -2,7 +2,10 @@
 //! request gets a fresh `Store` and component instance (as `wasmtime serve` does), so requests
 //! share nothing, a trap affects one request, and an idle function holds no guest memory.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -57,6 +60,10 @@ enum Fault {
     Trap {
         message: String,
         detail: Vec<String>,
+        /// The response body had been dropped by the caller (a client that went away) when the
+        /// guest trapped: its next write found the stream closed, and a guest that treats a
+        /// failed write as fatal (Rust's `write_all(..).expect(..)`) traps on that.
+        client_gone: bool,
     },
 }
 
@@ -176,7 +183,11 @@ fn classify(err: wasmtime::Error, store: &Store<Host>) -> Fault {
         .downcast_ref::<wasmtime::WasmBacktrace>()
         .map(|bt| bt.to_string().lines().map(str::to_string).collect())
         .unwrap_or_default();
-    Fault::Trap { message, detail }
+    Fault::Trap {
+        message,
+        detail,
+        client_gone: false,
+    }
 }
 
 impl Report {
@@ -209,9 +220,21 @@ impl Report {
                 ErrorCode::Overloaded,
                 format!("no wasm instance slot is free for `{name}` ({m})"),
             ),
-            Fault::Trap { message, .. } => {
-                (ErrorCode::Internal, format!("`{name}` trapped: {message}"))
-            }
+            Fault::Trap {
+                message,
+                client_gone: false,
+                ..
+            } => (ErrorCode::Internal, format!("`{name}` trapped: {message}")),
+            Fault::Trap {
+                message,
+                client_gone: true,
+                ..
+            } => (
+                ErrorCode::Internal,
+                format!(
+                    "`{name}` trapped after the client went away (its response body was closed, so a write to it failed): {message}"
+                ),
+            ),
         }
     }
 }
@@ -232,6 +255,46 @@ fn platform_response(code: ErrorCode, message: String) -> http::Response<Body> {
         );
     }
     resp
+}
+
+/// The guest's response body as the gateway reads it: notes when it is dropped before its end,
+/// so a trap that follows is reported as what it is (the client went away), not a guest bug.
+struct Watched {
+    inner: Body,
+    done: bool,
+    gone: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.done = true;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if !self.done && !http_body::Body::is_end_stream(&self.inner) {
+            self.gone.store(true, Ordering::Release);
+        }
+    }
 }
 
 #[async_trait]
@@ -279,6 +342,8 @@ impl Instance for WasmInstance {
         };
         let pre = self.loaded.pre.clone();
         let report = self.report.clone();
+        let gone = Arc::new(AtomicBool::new(false));
+        let client_gone = gone.clone();
         // The guest runs in its own task, on the guest threads: it keeps writing the body after
         // it has sent the head, and its outcome is logged there, even when the caller has gone.
         let task = self.guests.spawn(async move {
@@ -291,7 +356,16 @@ impl Instance for WasmInstance {
             };
             let result = match tokio::time::timeout_at(deadline + BACKSTOP_GRACE, run).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(classify(e, &store)),
+                Ok(Err(e)) => Err(match classify(e, &store) {
+                    Fault::Trap {
+                        message, detail, ..
+                    } => Fault::Trap {
+                        message,
+                        detail,
+                        client_gone: client_gone.load(Ordering::Acquire),
+                    },
+                    f => f,
+                }),
                 Err(_) => Err(Fault::Timeout),
             };
             if let Err(fault) = &result {
@@ -301,7 +375,14 @@ impl Instance for WasmInstance {
         });
         let why = match rx.await {
             Ok(Ok(resp)) => {
-                return Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()));
+                return Ok(resp.map(|b| {
+                    Watched {
+                        inner: b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                        done: false,
+                        gone,
+                    }
+                    .boxed_unsync()
+                }));
             }
             Ok(Err(code)) => format!("the function answered with an error: {code:?}"),
             // No response: the guest returned without one, or failed before sending it.

@@ -366,6 +366,36 @@ async fn a_trap_is_a_500_with_the_message_logged() {
 }
 
 #[tokio::test]
+async fn a_trap_after_the_client_went_away_says_so() {
+    let rig = Rig::new();
+    let i = rig.instance(wasm_limits(), &[]).await;
+    // The guest writes a chunk every 20 ms and panics when a write fails; the caller reads the
+    // first chunk and goes away.
+    let mut body = i.handle(get("/stream?n=100")).await.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "chunk 0\n");
+    drop(body);
+    let mut waited = 0;
+    while !rig.logs.text().contains("request req-1 failed") && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    let logs = rig.logs.text();
+    assert!(
+        logs.contains("request req-1 failed: `hello` trapped after the client went away"),
+        "{logs}"
+    );
+    // A guest that traps on its own while the client waits is still a plain trap.
+    assert_eq!(call(&i, get("/trap")).await.0, 500);
+    let logs = rig.logs.text();
+    assert_eq!(
+        logs.matches("trapped after the client went away").count(),
+        1,
+        "{logs}"
+    );
+}
+
+#[tokio::test]
 async fn outbound_http_is_denied_unless_allowed() {
     // A local upstream to call.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
