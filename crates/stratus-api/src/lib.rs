@@ -6,11 +6,13 @@
 //! needs the admin bearer token except for the health check and the OpenAPI document.
 #![forbid(unsafe_code)]
 
+mod alarms;
 mod deploy;
 mod events;
 mod handlers;
 mod observe;
 pub mod release;
+pub use alarms::spawn_evaluator as spawn_alarm_evaluator;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -144,7 +146,7 @@ impl ApiRoutes {
 }
 
 pub fn routes() -> ApiRoutes {
-    observe::register(handlers::register(ApiRoutes::new()))
+    alarms::register(observe::register(handlers::register(ApiRoutes::new())))
 }
 
 /// Paths served without a token.

@@ -16,6 +16,7 @@ pub enum ErrorCode {
     AliasNotFound,
     RouteNotFound,
     InvocationNotFound,
+    AlarmNotFound,
     Conflict,
     AliasInUse,
     NoHistory,
@@ -42,6 +43,7 @@ impl ErrorCode {
             ErrorCode::AliasNotFound => "alias_not_found",
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::InvocationNotFound => "invocation_not_found",
+            ErrorCode::AlarmNotFound => "alarm_not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::AliasInUse => "alias_in_use",
             ErrorCode::NoHistory => "no_history",
@@ -64,7 +66,8 @@ impl ErrorCode {
             | ErrorCode::VersionNotFound
             | ErrorCode::AliasNotFound
             | ErrorCode::RouteNotFound
-            | ErrorCode::InvocationNotFound => 404,
+            | ErrorCode::InvocationNotFound
+            | ErrorCode::AlarmNotFound => 404,
             ErrorCode::Conflict | ErrorCode::AliasInUse | ErrorCode::NoHistory => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Throttled => 429,

@@ -11,8 +11,9 @@ use stratus_core::{
 };
 
 use crate::{
-    ChangeReason, LogLine, LogQuery, LogStore, LogStream, Metastore, NewVersion, Release,
-    ReleaseState, RequestQuery, RequestRecord, StatusFilter, StoreError, SummaryQuery, Trigger,
+    AlarmMetric, AlarmNotification, AlarmOp, AlarmRecord, AlarmState, ChangeReason, LogLine,
+    LogQuery, LogStore, LogStream, Metastore, NewVersion, Release, ReleaseState, RequestQuery,
+    RequestRecord, StatusFilter, StoreError, SummaryQuery, Trigger,
 };
 
 fn spec(name: &str) -> FunctionSpec {
@@ -49,6 +50,7 @@ async fn deploy(store: &dyn Metastore, name: &str) -> VersionNumber {
 
 /// Runs the whole metastore contract. Panics on the first violation.
 pub async fn metastore(store: &dyn Metastore) {
+    alarms(store).await;
     let f = FunctionName::new("conf-a").unwrap();
     let latest = AliasName::latest();
     let release = AliasName::new("release").unwrap();
@@ -626,4 +628,65 @@ fn line_of(function: &str, request: &str, text: &str) -> LogLine {
         line: text.into(),
         request_id: Some(request.into()),
     }
+}
+
+/// Alarms: created, replaced by id, listed in id order, deleted once.
+async fn alarms(store: &dyn Metastore) {
+    let alarm = |id: &str, threshold: f64| AlarmRecord {
+        id: id.into(),
+        function: "conf-a".into(),
+        metric: AlarmMetric::ErrorRate,
+        op: AlarmOp::Gt,
+        threshold,
+        for_ms: 60_000,
+        window_ms: 60_000,
+        webhook: "http://127.0.0.1:9/hook".into(),
+        created_at: 1,
+        state: AlarmState::Ok,
+        state_since: 1,
+        last_value: None,
+        last_evaluated: 0,
+        notifications: vec![],
+    };
+    let changes = *store.changes().borrow();
+    store.create_alarm(&alarm("b", 0.1)).await.unwrap();
+    store.create_alarm(&alarm("a", 0.05)).await.unwrap();
+    assert!(matches!(
+        store.create_alarm(&alarm("a", 0.9)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut firing = alarm("a", 0.05);
+    firing.state = AlarmState::Firing;
+    firing.notifications.push(AlarmNotification {
+        kind: "firing".into(),
+        at: 5,
+        value: Some(0.5),
+        delivered: false,
+        attempts: 2,
+        error: Some("connection refused".into()),
+    });
+    store.update_alarm(&firing).await.unwrap();
+    let all = store.list_alarms().await.unwrap();
+    assert_eq!(
+        all,
+        vec![firing, alarm("b", 0.1)],
+        "replaced by id, in id order"
+    );
+    assert_eq!(
+        *store.changes().borrow(),
+        changes,
+        "alarms are not routing changes"
+    );
+    store.delete_alarm("b").await.unwrap();
+    assert_eq!(
+        store.delete_alarm("b").await,
+        Err(StoreError::AlarmNotFound("b".into()))
+    );
+    store.delete_alarm("a").await.unwrap();
+    assert_eq!(
+        store.update_alarm(&alarm("a", 0.05)).await,
+        Err(StoreError::AlarmNotFound("a".into())),
+        "a deleted alarm is not brought back"
+    );
+    assert!(store.list_alarms().await.unwrap().is_empty());
 }

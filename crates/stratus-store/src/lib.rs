@@ -50,6 +50,8 @@ pub enum StoreError {
     /// own alias).
     #[error("{0}")]
     InvalidPolicy(String),
+    #[error("there is no alarm `{0}`")]
+    AlarmNotFound(String),
     #[error("blob {0} does not exist")]
     BlobNotFound(String),
     #[error("storage backend failed: {0}")]
@@ -66,6 +68,7 @@ impl From<StoreError> for PlatformError {
             StoreError::NoHistory(..) => ErrorCode::NoHistory,
             StoreError::Conflict(_) => ErrorCode::Conflict,
             StoreError::InvalidPolicy(_) => ErrorCode::BadRequest,
+            StoreError::AlarmNotFound(_) => ErrorCode::AlarmNotFound,
             StoreError::BlobNotFound(_) | StoreError::Backend(_) => ErrorCode::Internal,
         };
         PlatformError::new(code, e.to_string())
@@ -165,6 +168,15 @@ pub trait Metastore: Send + Sync + 'static {
 
     /// Everything the router needs, read consistently.
     async fn routing_snapshot(&self) -> Result<RoutingSnapshot>;
+
+    /// Stores a new alarm; `Conflict` if its id is taken. Alarms are not routing changes.
+    async fn create_alarm(&self, alarm: &AlarmRecord) -> Result<()>;
+    /// Replaces an alarm's rule and state; `AlarmNotFound` if it was deleted meanwhile (so an
+    /// evaluator's write never brings a deleted alarm back).
+    async fn update_alarm(&self, alarm: &AlarmRecord) -> Result<()>;
+    async fn list_alarms(&self) -> Result<Vec<AlarmRecord>>;
+    /// `NotFound` when there is no such alarm.
+    async fn delete_alarm(&self, id: &str) -> Result<()>;
 
     /// A counter that moves after every committed change. Watchers re-read what they need.
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;

@@ -302,6 +302,123 @@ impl StatusFilter {
     }
 }
 
+/// What an alarm watches, over its window, for one function (all its versions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmMetric {
+    /// 5xx responses / requests.
+    ErrorRate,
+    /// Requests per second.
+    RequestRate,
+    P50Ms,
+    P99Ms,
+    /// Requests that waited for an instance start.
+    ColdStarts,
+    /// 429s and 503s from the platform, per second.
+    ThrottleRate,
+}
+
+impl AlarmMetric {
+    pub const ALL: [&'static str; 6] = [
+        "error_rate",
+        "request_rate",
+        "p50_ms",
+        "p99_ms",
+        "cold_starts",
+        "throttle_rate",
+    ];
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.trim() {
+            "error_rate" => Self::ErrorRate,
+            "request_rate" => Self::RequestRate,
+            "p50_ms" => Self::P50Ms,
+            "p99_ms" => Self::P99Ms,
+            "cold_starts" => Self::ColdStarts,
+            "throttle_rate" => Self::ThrottleRate,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AlarmOp {
+    #[serde(rename = ">")]
+    Gt,
+    #[serde(rename = ">=")]
+    Ge,
+    #[serde(rename = "<")]
+    Lt,
+    #[serde(rename = "<=")]
+    Le,
+}
+
+impl AlarmOp {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.trim() {
+            ">" => Self::Gt,
+            ">=" => Self::Ge,
+            "<" => Self::Lt,
+            "<=" => Self::Le,
+            _ => return None,
+        })
+    }
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            AlarmOp::Gt => value > threshold,
+            AlarmOp::Ge => value >= threshold,
+            AlarmOp::Lt => value < threshold,
+            AlarmOp::Le => value <= threshold,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmState {
+    /// The condition does not hold.
+    Ok,
+    /// It holds, not yet for the alarm's `for`.
+    Pending,
+    /// It has held for `for`; a fire notification was sent.
+    Firing,
+}
+
+/// A notification sent (or being sent) to the alarm's webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmNotification {
+    /// `firing` or `resolved`.
+    pub kind: String,
+    pub at: i64,
+    pub value: Option<f64>,
+    pub delivered: bool,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An alarm rule and its evaluation state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmRecord {
+    pub id: String,
+    pub function: String,
+    pub metric: AlarmMetric,
+    pub op: AlarmOp,
+    pub threshold: f64,
+    /// How long the condition must hold before the alarm fires.
+    pub for_ms: u64,
+    /// The window the metric is computed over.
+    pub window_ms: u64,
+    pub webhook: String,
+    pub created_at: i64,
+    pub state: AlarmState,
+    pub state_since: i64,
+    pub last_value: Option<f64>,
+    pub last_evaluated: i64,
+    /// The newest last.
+    #[serde(default)]
+    pub notifications: Vec<AlarmNotification>,
+}
+
 /// Request records of a time window, added up per function.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RequestSummary {

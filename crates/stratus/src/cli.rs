@@ -170,6 +170,14 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Alarm rules on a function's metrics, notified to a webhook (`alarm create`, `list`,
+    /// `get`, `delete`).
+    Alarm {
+        #[command(subcommand)]
+        command: crate::alarm::AlarmCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete a function (or one version of it with --version).
     Delete {
         name: String,
@@ -436,6 +444,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             client: c,
         } => crate::invoke::invoke(command, args, &c).await,
         Command::Dlq { command, client: c } => crate::invoke::dlq(command, &c).await,
+        Command::Alarm { command, client: c } => crate::alarm::run(command, &c).await,
         Command::Delete {
             name,
             version,

@@ -6,6 +6,7 @@
 //! route taken) · 5 cannot reach the API · 6 unauthorized.
 #![forbid(unsafe_code)]
 
+mod alarm;
 mod cli;
 mod client;
 mod deploy;

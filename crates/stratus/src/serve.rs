@@ -254,6 +254,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tracer,
     });
     let releases = stratus_api::release::spawn_controller(&cp, Duration::from_millis(500));
+    let alarms = stratus_api::spawn_alarm_evaluator(&cp, Duration::from_secs(1));
     // Async invocations and timers; "local" owns this node's claims, so after a crash the
     // restarted node delivers what it had claimed.
     let engine = stratus_events::Engine::new(event_store, router.clone(), fleet.clone(), "local");
@@ -326,6 +327,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     follower.abort();
     releases.abort();
+    alarms.abort();
     event_tasks.iter().for_each(|t| t.abort());
     ticker.abort();
     tracing::info!("stopping {} instances", fleet.instance_count());

@@ -2,8 +2,8 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use stratus_core::{AliasName, FunctionName, TrafficPolicy, VersionNumber, now_ms};
 use stratus_store::{
-    AliasChange, AliasRecord, ChangeReason, FunctionRecord, Metastore, NewVersion, Release,
-    ReleaseState, Result, RoutableFunction, RoutingSnapshot, StoreError, VersionRecord,
+    AlarmRecord, AliasChange, AliasRecord, ChangeReason, FunctionRecord, Metastore, NewVersion,
+    Release, ReleaseState, Result, RoutableFunction, RoutingSnapshot, StoreError, VersionRecord,
     rollback_target,
 };
 use tokio::sync::watch;
@@ -316,6 +316,74 @@ impl Metastore for SqliteStore {
                 .collect::<rusqlite::Result<_>>()
                 .map_err(db)?;
             rows.iter().map(|d| json(d)).collect()
+        })
+        .await
+    }
+
+    async fn create_alarm(&self, alarm: &AlarmRecord) -> Result<()> {
+        let (id, data) = (alarm.id.clone(), to_json(alarm)?);
+        // Not through `write`: alarms are not routing changes.
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "INSERT INTO alarms (id, data) VALUES (?1, ?2) ON CONFLICT(id) DO NOTHING",
+                    params![id, data],
+                )
+                .map_err(db)?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "an alarm `{id}` already exists"
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_alarm(&self, alarm: &AlarmRecord) -> Result<()> {
+        let (id, data) = (alarm.id.clone(), to_json(alarm)?);
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE alarms SET data = ?2 WHERE id = ?1",
+                    params![id, data],
+                )
+                .map_err(db)?;
+            if n == 0 {
+                return Err(StoreError::AlarmNotFound(id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_alarms(&self) -> Result<Vec<AlarmRecord>> {
+        self.with(|c| {
+            let mut st = c
+                .prepare("SELECT data FROM alarms ORDER BY id")
+                .map_err(db)?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(db)?;
+            let mut out = Vec::new();
+            for data in rows {
+                out.push(serde_json::from_str(&data.map_err(db)?).map_err(|e| {
+                    StoreError::Backend(format!("a stored alarm does not parse: {e}"))
+                })?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_alarm(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let n = c
+                .execute("DELETE FROM alarms WHERE id = ?1", [&id])
+                .map_err(db)?;
+            if n == 0 {
+                return Err(StoreError::AlarmNotFound(id));
+            }
+            Ok(())
         })
         .await
     }

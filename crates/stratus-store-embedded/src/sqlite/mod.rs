@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS alias_history (
     at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alias_history_by_alias ON alias_history(function, alias, seq);
+CREATE TABLE IF NOT EXISTS alarms (
+    id TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS releases (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     function TEXT NOT NULL,

@@ -361,3 +361,165 @@ async fn traces_are_exported_over_otlp_with_faas_attributes() {
         .unwrap();
     assert!(exported >= spans.len() as u64, "{exported}");
 }
+
+/// A webhook that fails its first call and records every body it gets.
+async fn flaky_webhook() -> (String, mpsc::UnboundedReceiver<Value>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (tx, calls) = (tx.clone(), calls.clone());
+            async move {
+                let _ = tx.send(serde_json::from_slice::<Value>(&body).unwrap());
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), rx)
+}
+
+#[tokio::test]
+async fn alarms_fire_and_resolve_through_the_webhook_with_retries() {
+    let (hook, mut calls) = flaky_webhook().await;
+    let s = Server::start();
+    let app = App::fixture("echo");
+    app.edit_manifest("GREETING = \"hi\"", "GREETING = \"hi\"\nFAIL = \"1\"");
+    s.deploy(&app.dir).ok();
+
+    // Bad rules are refused with the reason, and nothing is created.
+    for (args, why) in [
+        (
+            vec!["--metric", "nope", "--webhook", &hook],
+            "unknown metric",
+        ),
+        (
+            vec!["--metric", "error_rate", "--webhook", "https://x/"],
+            "http://",
+        ),
+        (
+            vec![
+                "--metric",
+                "error_rate",
+                "--for",
+                "soon",
+                "--webhook",
+                &hook,
+            ],
+            "invalid `for`",
+        ),
+    ] {
+        let mut a = vec![
+            "alarm",
+            "create",
+            "--fn",
+            "echo",
+            "--op",
+            ">",
+            "--threshold",
+            "0.5",
+        ];
+        a.extend(args);
+        let out = s.cli(&a);
+        assert_ne!(out.code(), 0);
+        assert!(out.stderr().contains(why), "{a:?}: {}", out.stderr());
+    }
+    let missing = s.cli(&[
+        "alarm",
+        "create",
+        "--fn",
+        "nope",
+        "--metric",
+        "error_rate",
+        "--op",
+        ">",
+        "--threshold",
+        "0.5",
+        "--webhook",
+        &hook,
+    ]);
+    assert!(missing.stderr().contains("nope"), "{}", missing.stderr());
+    assert_eq!(
+        s.cli(&["alarm", "list", "--json"]).ok().json(),
+        serde_json::json!([])
+    );
+
+    s.cli(&[
+        "alarm",
+        "create",
+        "--fn",
+        "echo",
+        "--metric",
+        "error_rate",
+        "--op",
+        ">",
+        "--threshold",
+        "0.5",
+        "--for",
+        "1s",
+        "--window",
+        "3s",
+        "--webhook",
+        &hook,
+        "--id",
+        "errs",
+    ])
+    .ok();
+    for _ in 0..5 {
+        assert_eq!(s.get("/fn/echo/").await.status(), 500);
+    }
+    // Fired after holding for 1 s; the first delivery fails and is retried.
+    let first = tokio::time::timeout(Duration::from_secs(10), calls.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first["alarm"].as_str(), first["state"].as_str()),
+        (Some("errs"), Some("firing"))
+    );
+    assert_eq!(first["value"].as_f64(), Some(1.0));
+    let retry = tokio::time::timeout(Duration::from_secs(10), calls.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retry, first, "the same notification, retried");
+    let got = eventually(Duration::from_secs(5), || async {
+        let a = s.cli(&["alarm", "get", "errs", "--json"]).ok().json();
+        (a["notifications"][0]["delivered"] == true).then_some(a)
+    })
+    .await
+    .expect("delivery recorded");
+    assert_eq!(got["state"], "firing");
+    assert_eq!(got["notifications"][0]["attempts"], 2);
+    let human = s.cli(&["alarm", "list"]).ok().stdout();
+    assert!(
+        human.contains("errs") && human.contains("firing"),
+        "{human}"
+    );
+
+    // No more errors in the 3 s window: resolved, once.
+    let resolved = tokio::time::timeout(Duration::from_secs(10), calls.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resolved["state"], "resolved");
+    let a = eventually(Duration::from_secs(5), || async {
+        let a = s.cli(&["alarm", "get", "errs", "--json"]).ok().json();
+        (a["state"] == "ok" && a["notifications"][1]["delivered"] == true).then_some(a)
+    })
+    .await
+    .expect("resolved and delivered");
+    assert_eq!(a["notifications"].as_array().unwrap().len(), 2);
+
+    s.cli(&["alarm", "delete", "errs"]).ok();
+    let gone = s.cli(&["alarm", "get", "errs"]);
+    assert_ne!(gone.code(), 0);
+    assert!(gone.stderr().contains("no alarm"), "{}", gone.stderr());
+}
