@@ -67,12 +67,12 @@ def wrk(url):
 
 
 class Stratus:
-    def __init__(self):
+    def __init__(self, extra=()):
         self.tmp = tempfile.mkdtemp(prefix="stratus-bench-traffic.")
         self.gw, self.api = free_port(), free_port()
         self.env = dict(os.environ, STRATUS_DATA_DIR=f"{self.tmp}/data", STRATUS_API=f"http://127.0.0.1:{self.api}")
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--listen", f"127.0.0.1:{self.gw}", "--api-listen", f"127.0.0.1:{self.api}", "--data-dir", f"{self.tmp}/data"],
+            [BIN, "serve", "--listen", f"127.0.0.1:{self.gw}", "--api-listen", f"127.0.0.1:{self.api}", "--data-dir", f"{self.tmp}/data", *extra],
             stdout=subprocess.DEVNULL, stderr=open(f"{self.tmp}/serve.log", "w"), env=self.env)
         wait_port(self.api)
         wait_port(self.gw)

@@ -541,6 +541,29 @@ async fn requests(store: &dyn LogStore) {
         ["req-req-a-2"],
         "grep reaches the request's lines"
     );
+    let windowed = store
+        .query_requests(q(&|q| {
+            q.grep = Some("reset".into());
+            q.since_ms = Some(10_000);
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(windowed),
+        ["req-req-a-2"],
+        "the same within a time window"
+    );
+    let too_late = store
+        .query_requests(q(&|q| {
+            q.grep = Some("reset".into());
+            q.since_ms = Some(10_021);
+        }))
+        .await
+        .unwrap();
+    assert!(
+        too_late.is_empty(),
+        "a line before the window does not match"
+    );
     let grep_error = store
         .query_requests(q(&|q| q.grep = Some("overload".into())))
         .await

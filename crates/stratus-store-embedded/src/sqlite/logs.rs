@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS logs (
     request_id TEXT
 );
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs(function, id);
+CREATE INDEX IF NOT EXISTS logs_by_at ON logs(at);
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id TEXT NOT NULL,
@@ -267,10 +268,20 @@ impl LogStore for SqliteStore {
             }
             if let Some(g) = q.grep {
                 let p = like(&g);
-                sql.push_str(
-                    " AND (path LIKE ? ESCAPE '\\' OR error LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM logs l WHERE l.request_id = r.request_id AND l.line LIKE ? ESCAPE '\\'))",
-                );
-                args.extend([p.clone().into(), p.clone().into(), p.into()]);
+                sql.push_str(" AND (path LIKE ? ESCAPE '\\' OR error LIKE ? ESCAPE '\\' OR ");
+                args.extend([p.clone().into(), p.clone().into()]);
+                match q.since_ms {
+                    // A time window: scan that window's lines once (by time), rather than
+                    // looking up every candidate request's lines one by one.
+                    Some(since) => {
+                        sql.push_str("request_id IN (SELECT request_id FROM logs WHERE at >= ? AND request_id IS NOT NULL AND line LIKE ? ESCAPE '\\'))");
+                        args.extend([since.into(), p.into()]);
+                    }
+                    None => {
+                        sql.push_str("EXISTS (SELECT 1 FROM logs l WHERE l.request_id = r.request_id AND l.line LIKE ? ESCAPE '\\'))");
+                        args.push(p.into());
+                    }
+                }
             }
             sql.push_str(" ORDER BY id DESC LIMIT ?");
             args.push((q.limit.max(1) as i64).into());
