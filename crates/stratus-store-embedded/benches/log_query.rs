@@ -100,7 +100,7 @@ async fn main() {
             store.append_requests(rs).await.unwrap();
             store.append(ls).await.unwrap();
             i = end;
-            if i % 1_000_000 == 0 {
+            if i.is_multiple_of(1_000_000) {
                 eprintln!("  {} records in {:.0}s", i, fill.elapsed().as_secs_f64());
             }
         }
