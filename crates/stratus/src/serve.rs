@@ -52,6 +52,16 @@ pub struct ServeArgs {
     /// Largest deploy archive accepted, in MiB.
     #[arg(long, default_value_t = 512)]
     pub max_artifact_mib: u64,
+    /// Isolate instances (read-only filesystem, private /tmp, the `nobody` user) when the
+    /// server runs as root and the kernel allows it; `off` runs them as the server's user.
+    #[arg(long, env = "STRATUS_ISOLATION", value_enum, default_value_t = Isolation::Auto)]
+    pub isolation: Isolation,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    Auto,
+    Off,
 }
 
 /// Reads the admin token, creating it (mode 0600) on first start.
@@ -134,6 +144,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before any instance starts: every instance is isolated the same way.
+    let isolation = stratus_runtime_process::isolate::configure(match args.isolation {
+        Isolation::Auto => stratus_runtime_process::IsolationMode::Auto,
+        Isolation::Off => stratus_runtime_process::IsolationMode::Off,
+    });
     let data = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data)
         .with_context(|| format!("failed to create the data dir {}", data.display()))?;
@@ -210,8 +225,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         config: ApiConfig {
             max_artifact_bytes: args.max_artifact_mib * 1024 * 1024,
             admin_token: token,
-            enforcement: serde_json::to_value(stratus_runtime_process::enforcement())
-                .unwrap_or_default(),
+            enforcement: {
+                let mut v = serde_json::to_value(stratus_runtime_process::enforcement())
+                    .unwrap_or_default();
+                v["isolation"] = serde_json::to_value(&isolation).unwrap_or_default();
+                v
+            },
         },
     });
     let releases = stratus_api::release::spawn_controller(&cp, Duration::from_millis(500));
@@ -238,6 +257,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         api_listener.local_addr()?,
         data.display()
     );
+    if isolation.enabled {
+        tracing::info!(
+            "instance isolation: {}; {}; user {}; {}",
+            isolation.filesystem,
+            isolation.tmp,
+            isolation.user,
+            isolation.not_isolated
+        );
+    } else {
+        tracing::info!("instance isolation off: {}", isolation.user);
+    }
     let limits = stratus_runtime_process::enforcement();
     tracing::info!(
         "process limits: {} (memory: {}; cpu: {}; pids: {}; stop: {})",

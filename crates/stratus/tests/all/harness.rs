@@ -33,6 +33,12 @@ impl Server {
 
     /// Starts a server on an existing data dir (for restart tests).
     pub fn start_in(data: &Path) -> Self {
+        Self::start_in_with_env(data, &[])
+    }
+
+    /// Starts a server with extra environment variables (server settings such as
+    /// `STRATUS_ISOLATION`).
+    pub fn start_in_with_env(data: &Path, env: &[(&str, &str)]) -> Self {
         let (gw_port, api_port) = (free_port(), free_port());
         std::fs::create_dir_all(data).unwrap();
         let log = data.with_extension(format!("log-{api_port}"));
@@ -47,6 +53,7 @@ impl Server {
             .arg("--data-dir")
             .arg(data)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
