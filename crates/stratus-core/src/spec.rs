@@ -141,6 +141,10 @@ pub struct Scaling {
     /// concurrency); past it, 429.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reserved_concurrency: Option<u32>,
+    /// `kind = "app"`: an always-on service (`min` ≥ 1); a deploy starts `min` instances of the
+    /// new version and waits for all of them to be ready before traffic moves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub app: bool,
 }
 
 impl Default for Scaling {
@@ -154,6 +158,7 @@ impl Default for Scaling {
             queue_timeout: None,
             scale_down_delay: Duration::from_secs(30),
             reserved_concurrency: None,
+            app: false,
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct Manifest {
     pub manifest_version: Option<u32>,
     pub name: String,
     pub runtime: RuntimeKind,
+    /// `function` (default: scales to zero) or `app` (always on, rolling deploys).
+    pub kind: Option<Kind>,
     pub command: Option<Command>,
     /// `wasm`: the component file, relative to the function folder.
     pub component: Option<String>,
@@ -44,6 +46,13 @@ pub struct Manifest {
     pub async_: Option<crate::events::AsyncToml>,
     #[serde(default)]
     pub triggers: Vec<crate::events::TriggerToml>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Function,
+    App,
 }
 
 /// A command as an argument list, or as one string split on whitespace.
@@ -258,8 +267,27 @@ impl Manifest {
                 ),
             ));
         }
+        let app = self.kind == Some(Kind::App);
+        if app && self.runtime != RuntimeKind::Process {
+            return Err(invalid(
+                "kind",
+                format!(
+                    "kind \"app\" is a long-running service: it needs runtime \"process\", not \"{}\"",
+                    self.runtime.as_str()
+                ),
+            ));
+        }
+        if app && self.scaling.min == Some(0) {
+            return Err(invalid(
+                "scaling.min",
+                "an app is always on: scaling.min must be at least 1 (or use kind = \"function\" to scale to zero)",
+            ));
+        }
+        // An app keeps one instance unless the manifest asks for more.
+        let min_default = if app { 1 } else { sd.min };
         let scaling = Scaling {
-            min: count("scaling.min", self.scaling.min, sd.min, 0, 1000)?,
+            app,
+            min: count("scaling.min", self.scaling.min, min_default, 0, 1000)?,
             max: count("scaling.max", self.scaling.max, sd.max, 1, 1000)?,
             idle_timeout: duration(
                 "scaling.idle_timeout",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use stratus_runtime::{InstanceHealth, LogSink, PreparedVersion, RuntimeError};
 pub(crate) use stratus_runtime_process::platform_line;
 use stratus_runtime_process::{
-    Confinement, OutputTail, capture_output, resolve_program, watch_exit,
+    Confinement, OutputTail, capture_output, not_found, resolve_program, watch_exit,
 };
 use stratus_store::LogLine;
 use tokio::process::Command;
@@ -52,6 +52,9 @@ pub async fn start(
         .await
         .map_err(|e| RuntimeError::StartFailed(format!("cannot open the Runtime API port: {e}")))?;
     let program = resolve_program(&p.dir, &command[0]);
+    if !program.is_absolute() {
+        return Err(not_found(&command[0]));
+    }
     let mut cmd = Command::new(&program);
     cmd.args(&command[1..])
         .current_dir(&p.dir)
@@ -87,7 +90,16 @@ pub async fn start(
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let conf = Arc::new(Confinement::new(instance_id, &spec.limits)?);
-    let join = conf.configure(&mut cmd)?;
+    // The shipped bootstraps live outside the code folder: keep their folder visible too.
+    let extra: Vec<&std::path::Path> = command
+        .iter()
+        .map(std::path::Path::new)
+        .filter(|a| a.is_absolute())
+        .filter_map(|a| a.parent())
+        .collect();
+    let mut dirs = vec![p.dir.as_path()];
+    dirs.extend(extra);
+    let join = conf.configure(&mut cmd, &dirs, &program)?;
     let started = Instant::now();
     let spawned = cmd.spawn();
     drop(join);

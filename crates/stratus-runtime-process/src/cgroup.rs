@@ -512,15 +512,22 @@ fn unique_name(parents: &[&Path], instance_id: &str) -> String {
     }
 }
 
-/// Removes empty instance cgroups a killed server left behind (non-empty ones may belong to
-/// another server on this host and are left alone).
+/// Removes instance cgroups a killed server left behind: empty and older than a minute. A
+/// fresh empty one may be another server's instance about to join it, and a non-empty one is
+/// running; both are left alone.
 fn sweep(parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
+    let old = |p: &Path| {
+        fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(60)))
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir()
+            && old(&p)
             && fs::read_to_string(p.join("cgroup.procs")).is_ok_and(|s| s.trim().is_empty())
         {
             let _ = fs::remove_dir(&p);

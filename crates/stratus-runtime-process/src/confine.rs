@@ -1,14 +1,16 @@
 //! What holds one instance's processes: its process group, its cgroup (or rlimits), and what the
 //! platform meant when it last signalled it, so an exit can be reported as what it was.
 
+use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
 use stratus_core::Limits;
 use stratus_runtime::{ExitCause, RuntimeError};
 use tokio::process::Command;
 
 use crate::cgroup::{self, InstanceCgroup, JoinFiles, Rlimits};
+use crate::isolate::Plan;
 
 const INTENT_NONE: u8 = 0;
 const INTENT_STOP: u8 = 1;
@@ -20,6 +22,7 @@ pub struct Confinement {
     pid: AtomicI32,
     intent: AtomicU8,
     limits: Limits,
+    unprivileged: AtomicBool,
 }
 
 impl Confinement {
@@ -34,6 +37,7 @@ impl Confinement {
             pid: AtomicI32::new(0),
             intent: AtomicU8::new(INTENT_NONE),
             limits: limits.clone(),
+            unprivileged: AtomicBool::new(false),
         })
     }
 
@@ -42,9 +46,15 @@ impl Confinement {
         g.as_ref().map(f)
     }
 
-    /// Own process group, `PR_SET_PDEATHSIG`, the cgroup joined and rlimits set, all in the
-    /// child before exec. Keep the returned files until `spawn` returned.
-    pub fn configure(&self, cmd: &mut Command) -> Result<JoinFiles, RuntimeError> {
+    /// Own process group, the cgroup joined, rlimits set, isolation (when the node has it: a
+    /// read-only filesystem with `dirs` visible, a private /tmp, `nobody`), `PR_SET_PDEATHSIG`,
+    /// all in the child before exec. Keep the returned files until `spawn` returned.
+    pub fn configure(
+        &self,
+        cmd: &mut Command,
+        dirs: &[&Path],
+        program: &Path,
+    ) -> Result<JoinFiles, RuntimeError> {
         let files = self
             .cg(|c| c.join_files())
             .transpose()
@@ -52,13 +62,23 @@ impl Confinement {
                 RuntimeError::StartFailed(format!("cannot open the instance's cgroup: {e}"))
             })?
             .unwrap_or_else(JoinFiles::empty);
-        configure_child(cmd, files.fds(), self.rlimits);
+        let plan = Plan::for_instance(dirs, program);
+        self.unprivileged.store(
+            plan.as_ref().is_some_and(Plan::unprivileged),
+            Ordering::Relaxed,
+        );
+        configure_child(cmd, files.fds(), self.rlimits, plan);
         Ok(files)
     }
 
     /// `limits.memory` in bytes, 0 when unset.
     pub fn memory_limit(&self) -> u64 {
         self.limits.memory_bytes.unwrap_or(0)
+    }
+
+    /// Whether the instance runs as the unprivileged user (isolation on, code readable to it).
+    pub fn unprivileged(&self) -> bool {
+        self.unprivileged.load(Ordering::Relaxed)
     }
 
     pub fn pid(&self) -> i32 {
@@ -179,29 +199,18 @@ pub fn signal_group(pid: i32, sig: i32) {
 /// Own process group, `PR_SET_PDEATHSIG`, cgroup membership and rlimits, for every instance
 /// process the platform starts.
 #[allow(unsafe_code)]
-fn configure_child(cmd: &mut Command, join: Vec<i32>, rl: Rlimits) {
+fn configure_child(cmd: &mut Command, join: Vec<i32>, rl: Rlimits, plan: Option<Plan>) {
     // Own process group: stop signals the group, reaching grandchildren too.
     cmd.process_group(0);
     // SAFETY: the closure runs in the forked child before exec and only makes system calls
-    // (prctl, getppid, write, setrlimit), which are async-signal-safe; it reads memory moved into
-    // it and allocates nothing on the success path.
+    // (write, setrlimit, the isolation's unshare/mount/setuid, prctl, getppid), which are
+    // async-signal-safe; it reads memory moved into it and allocates nothing on the success path.
     unsafe {
         cmd.pre_exec(move || {
-            #[cfg(target_os = "linux")]
-            {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died between fork and prctl.
-                if libc::getppid() == 1 {
-                    return Err(std::io::Error::other(
-                        "server exited while starting the instance",
-                    ));
-                }
-            }
             // "0" is the writing process itself: the child is in its cgroup before it runs
             // any user code, so nothing it forks can start outside.
             for fd in &join {
+                // ENODEV here means the cgroup was removed under us.
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -222,6 +231,22 @@ fn configure_child(cmd: &mut Command, join: Vec<i32>, rl: Rlimits) {
                 && set(libc::RLIMIT_NPROC, n) != 0
             {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(plan) = &plan {
+                plan.apply()?;
+            }
+            // Last: changing the user clears the parent-death signal.
+            #[cfg(target_os = "linux")]
+            {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died between fork and prctl.
+                if libc::getppid() == 1 {
+                    return Err(std::io::Error::other(
+                        "server exited while starting the instance",
+                    ));
+                }
             }
             Ok(())
         });

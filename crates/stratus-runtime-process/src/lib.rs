@@ -11,6 +11,7 @@ pub mod cgroup;
 mod confine;
 mod install;
 mod instance;
+pub mod isolate;
 mod spawn;
 
 use std::sync::Arc;
@@ -24,7 +25,10 @@ pub use confine::{Confinement, signal_group};
 /// Process plumbing the handler runtimes (`stratus-runtime-lambda`) start their bootstraps with.
 pub use install::run_once as run_install;
 pub use instance::ProcessInstance;
-pub use spawn::{OutputTail, capture_output, platform_line, resolve_program, watch_exit};
+pub use isolate::{IsolationMode, IsolationReport};
+pub use spawn::{
+    OutputTail, capture_output, not_found, platform_line, resolve_program, watch_exit,
+};
 
 /// Unpacks a version's artifact and runs its `[build] install` once per artifact: the `prepare`
 /// of every runtime whose instances are child processes in the version's folder.

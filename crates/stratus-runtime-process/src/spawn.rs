@@ -39,14 +39,36 @@ impl OutputTail {
     }
 }
 
-/// Relative programs with a slash (`./server`) are looked up in the version's folder.
+/// The start error for a program that is not on `PATH`.
+pub fn not_found(program: &str) -> RuntimeError {
+    RuntimeError::StartFailed(format!(
+        "command `{program}` not found: install it or fix `command` in stratus.toml"
+    ))
+}
+
+/// Relative programs with a slash (`./server`) are looked up in the version's folder; bare names
+/// on the server's `PATH`, here rather than in the child, which may run as a user that cannot
+/// search every `PATH` entry (and would then report "permission denied" for a missing program).
 pub fn resolve_program(dir: &Path, program: &str) -> PathBuf {
     let p = Path::new(program);
     if p.is_relative() && program.contains('/') {
-        dir.join(p)
-    } else {
-        p.to_path_buf()
+        return dir.join(p);
     }
+    if !program.contains('/') {
+        use std::os::unix::fs::PermissionsExt;
+        let found = std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(program))
+                .find(|c| {
+                    std::fs::metadata(c)
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                })
+        });
+        if let Some(f) = found {
+            return f;
+        }
+    }
+    p.to_path_buf()
 }
 
 fn reader_task(
@@ -163,6 +185,9 @@ pub async fn start(
     let spec = &p.spec;
     let port = free_port().map_err(|e| RuntimeError::StartFailed(format!("no free port: {e}")))?;
     let program = resolve_program(&p.dir, &spec.command[0]);
+    if !program.is_absolute() {
+        return Err(not_found(&spec.command[0]));
+    }
     let mut cmd = Command::new(&program);
     cmd.args(&spec.command[1..])
         .current_dir(&p.dir)
@@ -176,7 +201,7 @@ pub async fn start(
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let conf = Arc::new(Confinement::new(instance_id, &spec.limits)?);
-    let join = conf.configure(&mut cmd)?;
+    let join = conf.configure(&mut cmd, &[&p.dir], &program)?;
     let started = Instant::now();
     let spawned = cmd.spawn();
     drop(join);

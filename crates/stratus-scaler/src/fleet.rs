@@ -127,7 +127,28 @@ impl Fleet {
         artifact: &str,
     ) -> Result<(), String> {
         let pool = self.pool(spec, version, artifact);
-        let result = pool.start_one().await;
+        // An app's new version takes traffic only once `min` instances are ready: a rolling
+        // replacement, never a moment with less capacity than the old version had.
+        let n = if spec.scaling.app {
+            spec.scaling.min.max(1)
+        } else {
+            1
+        };
+        let starts: Vec<_> = (0..n)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.start_one().await })
+            })
+            .collect();
+        let mut result = Ok(());
+        for s in starts {
+            let r = s
+                .await
+                .unwrap_or_else(|e| Err(format!("instance start panicked: {e}")));
+            if result.is_ok() {
+                result = r;
+            }
+        }
         if result.is_err() {
             self.retire(&spec.name, Some(version)).await;
         }

@@ -68,6 +68,16 @@ pub struct ServeArgs {
     /// How many request records (and, separately, log lines) are kept at most.
     #[arg(long, default_value_t = 10_000_000)]
     pub log_max_records: u64,
+    /// Isolate instances (read-only filesystem, private /tmp, the `nobody` user) when the
+    /// server runs as root and the kernel allows it; `off` runs them as the server's user.
+    #[arg(long, env = "STRATUS_ISOLATION", value_enum, default_value_t = Isolation::Auto)]
+    pub isolation: Isolation,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    Auto,
+    Off,
 }
 
 /// Reads the admin token, creating it (mode 0600) on first start.
@@ -150,6 +160,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before any instance starts: every instance is isolated the same way.
+    let isolation = stratus_runtime_process::isolate::configure(match args.isolation {
+        Isolation::Auto => stratus_runtime_process::IsolationMode::Auto,
+        Isolation::Off => stratus_runtime_process::IsolationMode::Off,
+    });
     let data = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data)
         .with_context(|| format!("failed to create the data dir {}", data.display()))?;
@@ -247,8 +262,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             max_artifact_bytes: args.max_artifact_mib * 1024 * 1024,
             admin_token: token,
             metrics_require_token: args.metrics_require_token,
-            enforcement: serde_json::to_value(stratus_runtime_process::enforcement())
-                .unwrap_or_default(),
+            enforcement: {
+                let mut v = serde_json::to_value(stratus_runtime_process::enforcement())
+                    .unwrap_or_default();
+                v["isolation"] = serde_json::to_value(&isolation).unwrap_or_default();
+                v
+            },
         },
         hub: Some(hub.clone()),
         tracer,
@@ -288,6 +307,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         },
         if args.no_request_log { "off" } else { "on" },
     );
+    if isolation.enabled {
+        tracing::info!(
+            "instance isolation: {}; {}; user {}; {}",
+            isolation.filesystem,
+            isolation.tmp,
+            isolation.user,
+            isolation.not_isolated
+        );
+    } else {
+        tracing::info!("instance isolation off: {}", isolation.user);
+    }
     let limits = stratus_runtime_process::enforcement();
     tracing::info!(
         "process limits: {} (memory: {}; cpu: {}; pids: {}; stop: {})",

@@ -261,6 +261,10 @@ async fn the_official_python_runtime_interface_client_runs_unchanged() {
     assert_eq!(s.get("/fn/ric/again").await.status(), 200);
 }
 
+/// The workers below record what they got in a file on the host (`OUT`), which an isolated
+/// instance (read-only filesystem, private /tmp) cannot write; their servers run without it.
+const ISOLATION_OFF: &[(&str, &str)] = &[("STRATUS_ISOLATION", "off")];
+
 fn worker(name: &str, out: &Path, extra_async: &str) -> App {
     let app = App::fixture("events-node");
     app.edit_manifest("name = \"worker\"", &format!("name = \"{name}\""));
@@ -310,8 +314,8 @@ async fn state_of(s: &Server, id: &str, state: &str) -> Value {
 
 #[tokio::test]
 async fn async_invocations_retry_dead_letter_destinations_and_redrive() {
-    let s = Server::start();
     let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_in_with_env(&tmp.path().join("data"), ISOLATION_OFF);
     let (out, sink_out) = (
         tmp.path().join("worker.jsonl"),
         tmp.path().join("sink.jsonl"),
@@ -433,7 +437,7 @@ async fn acknowledged_events_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let out = tmp.path().join("out.jsonl");
-    let mut s = Server::start_in(&data);
+    let mut s = Server::start_in_with_env(&data, ISOLATION_OFF);
     let w = worker("worker", &out, "concurrency = 1");
     s.deploy(&w.dir).ok();
     let mut ids = Vec::new();
@@ -447,7 +451,7 @@ async fn acknowledged_events_survive_kill_9() {
         delivered_before < 20,
         "the test must kill with events pending"
     );
-    let s = Server::start_in(&data);
+    let s = Server::start_in_with_env(&data, ISOLATION_OFF);
     for id in &ids {
         state_of(&s, id, "succeeded").await;
     }
@@ -468,7 +472,7 @@ async fn timers_fire_cloud_events_once_per_schedule_across_restarts() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let out = tmp.path().join("ce.jsonl");
-    let mut s = Server::start_in(&data);
+    let mut s = Server::start_in_with_env(&data, ISOLATION_OFF);
     let app = App::fixture("events-http");
     app.append_manifest(&format!(
         "[env]\nOUT = \"{}\"\n\n[[triggers]]\ntype = \"timer\"\ncron = \"* * * * * *\"\ntimezone = \"Asia/Shanghai\"\npayload = '{{\"tick\": true}}'",
@@ -494,7 +498,7 @@ async fn timers_fire_cloud_events_once_per_schedule_across_restarts() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let before = lines(&out).len();
     let restarted = now_ms();
-    let s = Server::start_in(&data);
+    let s = Server::start_in_with_env(&data, ISOLATION_OFF);
     eventually(LONG, || async {
         (lines(&out).len() >= before + 3).then_some(())
     })

@@ -38,10 +38,20 @@ impl Server {
 
     /// Starts a server on an existing data dir (for restart tests).
     pub fn start_in(data: &Path) -> Self {
-        Self::start_in_with(data, &[])
+        Self::start_in_full(data, &[], &[])
     }
 
     pub fn start_in_with(data: &Path, extra: &[&str]) -> Self {
+        Self::start_in_full(data, extra, &[])
+    }
+
+    /// Starts a server with extra environment variables (server settings such as
+    /// `STRATUS_ISOLATION`).
+    pub fn start_in_with_env(data: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_in_full(data, &[], env)
+    }
+
+    pub fn start_in_full(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let (gw_port, api_port) = (free_port(), free_port());
         std::fs::create_dir_all(data).unwrap();
         let log = data.with_extension(format!("log-{api_port}"));
@@ -57,6 +67,7 @@ impl Server {
             .arg(data)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -9,6 +9,7 @@ mod events;
 mod examples;
 mod faults;
 mod gateway;
+mod isolation;
 mod lifecycle;
 mod limits;
 mod observability;

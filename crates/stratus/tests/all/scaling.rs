@@ -224,3 +224,71 @@ async fn the_autoscaler_drains_surplus_instances_without_failing_a_request() {
     let text = s.cli(&["info", "echo"]).ok().stdout();
     assert!(text.contains("desired 1"), "{text}");
 }
+
+/// Ready instances of one version.
+fn ready_of(info: &serde_json::Value, version: u64) -> usize {
+    info["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["version"] == version)
+        .flat_map(|p| p["instances"].as_array().unwrap().iter())
+        .filter(|i| i["state"] == "ready")
+        .count()
+}
+
+#[tokio::test]
+async fn an_app_is_always_on_and_deploys_roll_without_a_failed_request() {
+    let s = Server::start();
+    let app = App::fixture("echo");
+    app.edit_manifest("name = \"echo\"", "name = \"echo\"\nkind = \"app\"");
+    app.edit_manifest("min = 0", "min = 2");
+    s.deploy(&app.dir).ok();
+    // Both of `min` are ready when the deploy returns, not started afterwards.
+    let info = s.cli(&["info", "echo", "--json"]).ok().json();
+    assert_eq!(ready_of(&info, 1), 2, "{info}");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (gw, stop) = (s.gw.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed, mut v2) = (0, 0, 0);
+            let c = http();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match c.get(format!("{gw}/fn/echo/")).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        ok += 1;
+                        if r.headers()["x-stratus-version"] == "2" {
+                            v2 += 1;
+                        }
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed, v2)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.write("VERSION", "2");
+    s.deploy(&app.dir).ok();
+    let info = s.cli(&["info", "echo", "--json"]).ok().json();
+    assert_eq!(
+        ready_of(&info, 2),
+        2,
+        "the new version took traffic before min were ready: {info}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, v2) = load.await.unwrap();
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed during the rolling deploy ({ok} ok)"
+    );
+    assert!(v2 > 0, "no request reached version 2");
+
+    // `min = 0` would make it a function: refused with its reason.
+    app.edit_manifest("min = 2", "min = 0");
+    let r = s.deploy(&app.dir);
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(r.stderr().contains("an app is always on"), "{}", r.stderr());
+}

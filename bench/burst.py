@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Burst from zero and scale-down to zero (issue 6), against a real `stratus serve`.
+
+A node function with a 50 ms handler and per-instance concurrency 10:
+
+1. Burst: idle at zero instances, then CLIENTS (200) concurrent wrk connections for DURATION
+   (30s). Side by side with the ideal, the same function pre-scaled to a fixed pool
+   (min = max = CLIENTS / 10). Reports the time until ready capacity (ready instances x 10)
+   matched demand, errors (non-2xx + socket errors), p50/p99 and their ratios to the ideal.
+   Targets: zero errors, p99 within 2x of the ideal, capacity in < 2 s.
+2. Scale-down: right after the burst, a trickle of TRICKLE (5) connections for IDLE (10s)
+   + 5 s while the pool shrinks (errors counted), then nothing: the time from the last request
+   to zero instances, against the function's idle_timeout (IDLE).
+
+Env: STRATUS_BIN, CLIENTS (200), DURATION (30s), IDLE (10s), TRICKLE (5).
+"""
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stratus_bench import Stratus, ensure_wrk, load_average, wrk  # noqa: E402
+
+CLIENTS = int(os.environ.get("CLIENTS", "200"))
+DURATION = os.environ.get("DURATION", "30s")
+IDLE = int(os.environ.get("IDLE", "10s").rstrip("s"))
+TRICKLE = int(os.environ.get("TRICKLE", "5"))
+PER_INSTANCE = 10
+
+SERVER = """
+const http = require("http");
+http.createServer((req, res) => {
+  setTimeout(() => { res.writeHead(200, {"content-type": "text/plain"}); res.end("ok\\n"); }, 50);
+}).listen(Number(process.env.PORT), "127.0.0.1");
+process.on("SIGTERM", () => process.exit(0));
+"""
+
+
+def manifest(name, min_, max_):
+    return (f'name = "{name}"\nruntime = "process"\ncommand = ["node", "server.js"]\n'
+            f'[limits]\nconcurrency = {PER_INSTANCE}\ntimeout = "30s"\n'
+            f'[scaling]\nmin = {min_}\nmax = {max_}\nidle_timeout = "{IDLE}s"\nscale_down_delay = "{IDLE}s"\n'
+            f'max_queue = 1000\n')
+
+
+class Capacity(threading.Thread):
+    """Polls ready instances every 50 ms; notes when ready x concurrency first covered demand."""
+
+    def __init__(self, s, name, demand):
+        super().__init__(daemon=True)
+        self.s, self.name, self.demand = s, name, demand
+        self.start_at = None
+        self.matched = None
+        self.peak = 0
+        self.stop_flag = False
+
+    def run(self):
+        while not self.stop_flag:
+            n = self.s.instances(self.name)
+            self.peak = max(self.peak, n)
+            if self.start_at and self.matched is None and n * PER_INSTANCE >= self.demand:
+                self.matched = time.perf_counter() - self.start_at
+            time.sleep(0.05)
+
+
+def main():
+    ensure_wrk()
+    need = (CLIENTS + PER_INSTANCE - 1) // PER_INSTANCE
+    s = Stratus("burst")
+    try:
+        s.deploy("ideal", manifest("ideal", need, need), {"server.js": SERVER})
+        s.deploy("burst", manifest("burst", 0, need * 2), {"server.js": SERVER})
+        # The deploy's proving instance idles out: wait for a true zero.
+        deadline = time.time() + IDLE + 30
+        while s.instances("burst") > 0 and time.time() < deadline:
+            time.sleep(0.2)
+        assert s.instances("burst") == 0, "the burst function never went to zero"
+        while s.instances("ideal") < need and time.time() < deadline:
+            time.sleep(0.2)
+        print(f"load average before: {' '.join(load_average())}")
+
+        ideal = wrk(s.url("/fn/ideal/"), CLIENTS, DURATION)
+        cap = Capacity(s, "burst", CLIENTS)
+        cap.start()
+        cap.start_at = time.perf_counter()
+        burst = wrk(s.url("/fn/burst/"), CLIENTS, DURATION)
+        cap.stop_flag = True
+        cap.join()
+        print(f"burst from zero: {CLIENTS} wrk connections for {DURATION}, 50 ms handler, concurrency {PER_INSTANCE}/instance")
+        print(f"{'pool':<28} {'requests':>9} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'fixed pool of ' + str(need) + ' (ideal)':<28} {ideal[0]:>9} {ideal[3]:>7} {ideal[1]:>8.1f} {ideal[2]:>8.1f}")
+        print(f"{'from zero (max ' + str(need * 2) + ')':<28} {burst[0]:>9} {burst[3]:>7} {burst[1]:>8.1f} {burst[2]:>8.1f}")
+        matched = f"{cap.matched:.2f} s" if cap.matched is not None else "never"
+        p99r = burst[2] / ideal[2]
+        print(f"capacity matched demand ({need} ready instances) after: {matched} "
+              f"(target < 2 s: {'MET' if cap.matched is not None and cap.matched < 2 else 'MISSED'}); peak {cap.peak} ready")
+        print(f"p50 ratio {burst[1] / ideal[1]:.2f}, p99 ratio {p99r:.2f} (target <= 2: {'MET' if p99r <= 2 else 'MISSED'}); "
+              f"errors {burst[3]} (target 0: {'MET' if burst[3] == 0 else 'MISSED'})")
+        print()
+
+        before = s.instances("burst")
+        trickle = wrk(s.url("/fn/burst/"), TRICKLE, f"{IDLE + 5}s", threads=1)
+        during = s.instances("burst")
+        last = time.perf_counter()
+        zero_after = None
+        while time.perf_counter() - last < IDLE * 3 + 30:
+            if s.instances("burst") == 0 and s.instances("burst", "draining") == 0:
+                zero_after = time.perf_counter() - last
+                break
+            time.sleep(0.1)
+        print(f"scale-down: {before} ready after the burst; {TRICKLE} connections for {IDLE + 5}s: "
+              f"{trickle[0]} requests, {trickle[3]} errors (target 0: {'MET' if trickle[3] == 0 else 'MISSED'}), "
+              f"{during} ready at its end")
+        z = f"{zero_after:.2f} s" if zero_after is not None else "never"
+        print(f"last request -> zero instances: {z} (idle_timeout {IDLE} s; ratio "
+              f"{(zero_after / IDLE) if zero_after else float('nan'):.2f})")
+        print(f"load average after: {' '.join(load_average())}")
+    finally:
+        s.stop()
+
+
+if __name__ == "__main__":
+    main()

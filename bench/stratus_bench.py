@@ -1,0 +1,126 @@
+"""Shared plumbing for the autoscaling and limits benchmarks (burst.py, noisy-neighbour.py):
+a real `stratus serve` on loopback ports in a temp dir, deploys through the CLI, `info` through
+the API, and wrk runs parsed into (requests, p50 ms, p99 ms, errors).
+
+Env: STRATUS_BIN (default target/release/stratus).
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("STRATUS_BIN", os.path.join(REPO, "target/release/stratus"))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"port {port} never opened")
+
+
+def ensure_wrk():
+    if shutil.which("wrk"):
+        return
+    subprocess.run("apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null",
+                   shell=True, check=True)
+
+
+def _ms(v):
+    if v.endswith("us"):
+        return float(v[:-2]) / 1000
+    if v.endswith("ms"):
+        return float(v[:-2])
+    if v.endswith("s"):
+        return float(v[:-1]) * 1000
+    return float(v)
+
+
+def wrk(url, conns, duration, threads=2, timeout="10s"):
+    """One wrk run: (requests, p50 ms, p99 ms, errors = non-2xx + socket errors)."""
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}", f"--timeout={timeout}", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    reqs = int(next(l for l in lines if "requests in" in l).split()[0])
+
+    def pct(p):
+        return _ms(next(l for l in lines if l.strip().startswith(p)).split()[1])
+    errors = sum(int(l.split()[-1]) for l in lines if "Non-2xx" in l)
+    for l in lines:
+        if l.strip().startswith("Socket errors"):
+            # Socket errors: connect 0, read 0, write 0, timeout 0
+            errors += sum(int(x.strip().split()[-1]) for x in l.split(":", 1)[1].split(","))
+    return reqs, pct("50%"), pct("99%"), errors
+
+
+class Stratus:
+    def __init__(self, name="bench"):
+        self.tmp = tempfile.mkdtemp(prefix=f"stratus-bench-{name}.")
+        # Instances run as `nobody` when their code is reachable to it (isolation is on as root).
+        os.chmod(self.tmp, 0o755)
+        self.gw, self.api = free_port(), free_port()
+        self.env = dict(os.environ, STRATUS_DATA_DIR=f"{self.tmp}/data", STRATUS_API=f"http://127.0.0.1:{self.api}")
+        self.log = f"{self.tmp}/serve.log"
+        self.proc = subprocess.Popen(
+            [BIN, "serve", "--listen", f"127.0.0.1:{self.gw}", "--api-listen", f"127.0.0.1:{self.api}",
+             "--data-dir", f"{self.tmp}/data"],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=self.env)
+        wait_port(self.api)
+        wait_port(self.gw)
+        self.token = open(f"{self.tmp}/data/admin.token").read().strip()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.gw}{path}"
+
+    def deploy(self, name, manifest, files):
+        app = os.path.join(self.tmp, "apps", name)
+        os.makedirs(app, exist_ok=True)
+        with open(os.path.join(app, "stratus.toml"), "w") as f:
+            f.write(manifest)
+        for fname, text in files.items():
+            with open(os.path.join(app, fname), "w") as f:
+                f.write(text)
+        r = subprocess.run([BIN, "deploy", app], capture_output=True, text=True, env=self.env)
+        if r.returncode != 0:
+            raise SystemExit(f"deploy {name} failed: {r.stderr}")
+
+    def info(self, name):
+        c = http.client.HTTPConnection("127.0.0.1", self.api, timeout=5)
+        c.request("GET", f"/api/v1/functions/{name}", headers={"authorization": f"Bearer {self.token}"})
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        return json.loads(body)
+
+    def instances(self, name, state="ready"):
+        return sum(1 for p in self.info(name)["pools"] for i in p["instances"] if i["state"] == state)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def load_average():
+    return open("/proc/loadavg").read().split()[:3]
