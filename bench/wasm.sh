@@ -8,15 +8,20 @@
 #    other. Prints req/s, p50 and p99 of both and the ratio. The same for the componentize-js and
 #    componentize-py examples when their app.wasm is built (JS_WASM, PY_WASM), with the
 #    deploy-to-serving time of each component (compile included).
-# 2. Cold start: a function with no instance and no compiled code in memory (scaled to zero
-#    after idle_timeout = 1s), to first byte of a request: p50 and p99 over COLD_ROUNDS requests.
-# 3. Density: deploys DENSITY functions (the same component, each its own function and artifact)
-#    through the API with DEPLOY_CONC deploys in flight, lets them go idle, then reports the
-#    server's resident memory (VmRSS) and the latency of first requests to random ones.
+# 2. Cold start: a function with no instance (scaled to zero after idle_timeout = 1s), to first
+#    byte of a request: p50 and p99 over COLD_ROUNDS requests, beside the warm request right
+#    after each (same client, same connection setup), and the difference. Two cases: the
+#    component still resident (recently used: the start only instantiates), and a restarted
+#    server (nothing in memory: the compiled code is mapped from the on-disk cache first).
+# 3. Density: deploys DENSITY functions (the same component, each its own function and artifact,
+#    so the compile is shared by content) with DEPLOY_CONC deploys in flight, straight through
+#    the API (`POST /api/v1/deploy` with a gzip tar, as `stratus deploy` sends; no CLI process per
+#    deploy), lets them go idle, then reports the server's resident memory (VmRSS) and the
+#    latency of first requests to random ones.
 #
 # Env knobs: STRATUS_BIN [$CARGO_TARGET_DIR or <repo>/target]/release/stratus (built if missing),
 #   WASMTIME_ROOT [bench/out/wasmtime-cli] (where wasmtime-cli is installed), CONNS [16],
-#   DURATION [10s], COLD_ROUNDS [30], DENSITY [1000], DEPLOY_CONC [4], SKIP_WASMTIME [0].
+#   DURATION [10s], COLD_ROUNDS [30], DENSITY [10000], DEPLOY_CONC [8], SKIP_WASMTIME [0].
 # Everything binds 127.0.0.1; every loop is bounded.
 set -euo pipefail
 
@@ -27,8 +32,8 @@ COMPONENT="$REPO/crates/stratus/tests/fixtures/wasm-hello/hello.wasm"
 CONNS=${CONNS:-16}
 DURATION=${DURATION:-10s}
 COLD_ROUNDS=${COLD_ROUNDS:-30}
-DENSITY=${DENSITY:-1000}
-DEPLOY_CONC=${DEPLOY_CONC:-4}
+DENSITY=${DENSITY:-10000}
+DEPLOY_CONC=${DEPLOY_CONC:-8}
 WASMTIME_ROOT=${WASMTIME_ROOT:-$HERE/out/wasmtime-cli}
 
 missing=()
@@ -160,22 +165,36 @@ for d in "${DEPLOYS[@]}"; do
 done
 
 # --- 2 and 3. cold start, density --------------------------------------------------------------
-python3 - "$STRATUS_BIN" "$TMP" "$GW_PORT" "$API_PORT" "$STRATUS_PID" "$COLD_ROUNDS" "$DENSITY" "$DEPLOY_CONC" <<'EOF'
-import concurrent.futures, json, os, random, shutil, socket, subprocess, sys, time, urllib.request
+# A second server for the "nothing in memory" cold start: STRATUS_WASM_RESIDENT=0 keeps no idle
+# component loaded, so each cold start maps the compiled code from the cache and links it first.
+GW2_PORT=$(free_port)
+API2_PORT=$(free_port)
+STRATUS_WASM_RESIDENT=0 RUST_LOG=warn "$STRATUS_BIN" serve --data-dir "$TMP/data2" \
+  --listen "127.0.0.1:$GW2_PORT" --api-listen "127.0.0.1:$API2_PORT" >"$TMP/stratus2.log" 2>&1 &
+PIDS+=($!)
+wait_port "$API2_PORT"
+python3 - "$TMP" "$STRATUS_PID" "$COLD_ROUNDS" "$DENSITY" "$DEPLOY_CONC" \
+  "$GW_PORT:$API_PORT:data" "$GW2_PORT:$API2_PORT:data2" <<'EOF'
+import concurrent.futures, io, json, os, random, socket, subprocess, sys, tarfile, time, urllib.request
 
-bin_, tmp, gw, api, pid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-rounds, density, conc = int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
-token = open(os.path.join(tmp, "data", "admin.token")).read().strip()
+tmp, pid = sys.argv[1], int(sys.argv[2])
+rounds, density, conc = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+servers = []
+for arg in sys.argv[6:]:
+    gw, api, data = arg.split(":")
+    token = open(os.path.join(tmp, data, "admin.token")).read().strip()
+    servers.append((int(gw), int(api), token))
+wasm = open(os.path.join(tmp, "hello", "hello.wasm"), "rb").read()
 
 def rss_mib():
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
 
-def first_byte(name):
+def first_byte(srv, name):
     """ms from connect to the first byte of the response to GET /fn/NAME/."""
     t = time.perf_counter()
-    s = socket.create_connection(("127.0.0.1", gw), 30)
+    s = socket.create_connection(("127.0.0.1", srv[0]), 30)
     s.sendall(f"GET /fn/{name}/ HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
     first = s.recv(1)
     dt = (time.perf_counter() - t) * 1000
@@ -184,16 +203,21 @@ def first_byte(name):
     assert rest.startswith(b"HTTP/1.1 200"), rest[:200]
     return dt
 
-def instances(name):
-    req = urllib.request.Request(f"http://127.0.0.1:{api}/api/v1/functions/{name}",
-                                 headers={"Authorization": f"Bearer {token}"})
-    info = json.load(urllib.request.urlopen(req, timeout=10))
+def api(srv, method, path, data=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{srv[1]}/api/v1{path}", data=data, method=method,
+                                 headers={"Authorization": f"Bearer {srv[2]}",
+                                          "Content-Type": "application/gzip"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.load(r)
+
+def instances(srv, name):
+    info = api(srv, "GET", f"/functions/{name}")
     return sum(len(p["instances"]) + p["starting"] for p in info.get("pools", []))
 
-def wait_idle(name, limit=30):
+def wait_idle(srv, name, limit=30):
     end = time.time() + limit
     while time.time() < end:
-        if instances(name) == 0:
+        if instances(srv, name) == 0:
             return
         time.sleep(0.05)
     raise SystemExit(f"{name} never scaled to zero")
@@ -202,60 +226,69 @@ def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
-def app(name, idle="1s"):
-    d = os.path.join(tmp, "apps", name)
-    os.makedirs(d, exist_ok=True)
-    shutil.copy(os.path.join(tmp, "hello", "hello.wasm"), d)
-    with open(os.path.join(d, "stratus.toml"), "w") as f:
-        f.write(f'name = "{name}"\nruntime = "wasm"\ncomponent = "hello.wasm"\n'
-                f'[scaling]\nmin = 0\nidle_timeout = "{idle}"\n')
-    return d
+def archive(name, idle):
+    """The deploy upload: a gzip tar of the folder, as `stratus deploy` packs it."""
+    manifest = (f'name = "{name}"\nruntime = "wasm"\ncomponent = "hello.wasm"\n'
+                f'[scaling]\nmin = 0\nidle_timeout = "{idle}"\n').encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as t:
+        for fname, data in (("stratus.toml", manifest), ("hello.wasm", wasm)):
+            info = tarfile.TarInfo(fname)
+            info.size, info.mode = len(data), 0o644
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
-def deploy(d):
-    r = subprocess.run([bin_, "deploy", d, "--json"], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"deploy {d} failed: {r.stderr}")
+def deploy(srv, name, idle="1s"):
+    try:
+        return api(srv, "POST", "/deploy", archive(name, idle))
+    except urllib.error.HTTPError as e:
+        raise SystemExit(f"deploy {name} failed: {e.code} {e.read()[:300]}")
 
-# 2. cold start: scale to zero between requests; the compiled code is unmapped with the last
-# instance, so each request loads it from the on-disk cache and instantiates.
 if rounds == 0 and density == 0:
     sys.exit(0)
-deploy(app("bench-cold"))
-first_byte("bench-cold")
-samples, warm = [], []
-for _ in range(rounds):
-    wait_idle("bench-cold")
-    samples.append(first_byte("bench-cold"))
-    warm.append(first_byte("bench-cold"))
-if samples:
-    print(f"\ncold start (no instance, nothing compiled in memory -> first byte), {rounds} requests:")
-    print(f"  p50 {pct(samples, 50):.3f} ms, p99 {pct(samples, 99):.3f} ms, max {max(samples):.3f} ms"
-          f"  (the next, warm request: p50 {pct(warm, 50):.3f} ms)")
+
+# 2. cold start: scaled to zero between requests.
+cases = [("component resident (recently used)", servers[0]),
+         ("nothing in memory (STRATUS_WASM_RESIDENT=0: map + link + instantiate)", servers[1])]
+print(f"\ncold start (no instance -> first byte of GET /, client: new TCP connection, {rounds} rounds):")
+for label, srv in cases:
+    deploy(srv, "bench-cold")
+    first_byte(srv, "bench-cold")
+    cold, warm = [], []
+    for _ in range(rounds):
+        wait_idle(srv, "bench-cold")
+        cold.append(first_byte(srv, "bench-cold"))
+        warm.append(first_byte(srv, "bench-cold"))
+    diff = [c - w for c, w in zip(cold, warm)]
+    print(f"  {label}:\n    cold p50 {pct(cold, 50):.3f} ms, p99 {pct(cold, 99):.3f} ms;"
+          f" the warm request right after p50 {pct(warm, 50):.3f} ms;"
+          f" cold - warm p50 {pct(diff, 50):.3f} ms, p99 {pct(diff, 99):.3f} ms")
 if density == 0:
     sys.exit(0)
 
-# 3. density
+# 3. density, on the first server.
+srv = servers[0]
 rss0 = rss_mib()
 names = [f"d{i:05d}" for i in range(density)]
 t = time.time()
-dirs = [app(n, idle="2s") for n in names]
 with concurrent.futures.ThreadPoolExecutor(conc) as ex:
-    for i, _ in enumerate(ex.map(deploy, dirs), 1):
-        if i % 250 == 0:
+    for i, _ in enumerate(ex.map(lambda n: deploy(srv, n, "2s"), names), 1):
+        if i % 1000 == 0:
             print(f"  deployed {i}/{density} in {time.time() - t:.0f}s, server RSS {rss_mib():.0f} MiB", flush=True)
 took = time.time() - t
 # Let every proven instance go idle and be stopped.
 time.sleep(5)
 for n in random.sample(names, min(20, density)):
-    wait_idle(n)
+    wait_idle(srv, n)
 rss_idle = rss_mib()
-picks = random.sample(names, min(50, density))
-lat = [first_byte(n) for n in picks]
+picks = random.sample(names, min(100, density))
+lat = [first_byte(srv, n) for n in picks]
 print(f"\ndensity: {density} wasm functions deployed in {took:.0f}s ({density / took:.1f}/s, {conc} at a time)")
 print(f"  server RSS: {rss0:.0f} MiB before, {rss_idle:.0f} MiB with all {density} idle"
       f" ({(rss_idle - rss0) * 1024 / density:.1f} KiB per function)")
 print(f"  first request to a random idle one ({len(lat)} samples): p50 {pct(lat, 50):.3f} ms,"
       f" p99 {pct(lat, 99):.3f} ms; RSS after {rss_mib():.0f} MiB")
+cwasm = len(os.listdir(os.path.join(tmp, "data", "wasm-cache"))) if os.path.isdir(os.path.join(tmp, "data", "wasm-cache")) else "?"
 du = subprocess.run(["du", "-sm", os.path.join(tmp, "data")], capture_output=True, text=True).stdout.split()[0]
-print(f"  data dir: {du} MiB (unpacked artifacts + compiled code, per function)")
+print(f"  data dir: {du} MiB; compiled files in the cache: {cwasm}")
 EOF

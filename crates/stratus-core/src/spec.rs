@@ -64,6 +64,18 @@ pub struct FunctionSpec {
     pub events: EventSpec,
 }
 
+impl FunctionSpec {
+    /// A `wasm` function's component file, relative to the version's folder (the manifest's
+    /// `component`). It is stored as `command[0]` rather than a field of its own so stored specs
+    /// and every hand-built spec stay as they are; this names it.
+    pub fn component(&self) -> Option<&str> {
+        match self.runtime {
+            RuntimeKind::Wasm => self.command.first().map(String::as_str),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     /// Per-request deadline, enforced by the gateway (504 past it).

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 
 use crate::mapping::{destination_record, failure_text};
 use crate::retry::{Condition, after_failure, expired};
-use crate::{Engine, TYPE_DESTINATION, result_text};
+use crate::{Attempt, Engine, TYPE_DESTINATION, result_text};
 
 /// Deliveries in flight on this node at once, over all functions.
 const MAX_IN_FLIGHT: u32 = 256;
@@ -17,6 +17,9 @@ const MAX_IN_FLIGHT: u32 = 256;
 const BATCH: u32 = 64;
 /// How often the queue is looked at when nothing woke the dispatcher (retries coming due).
 const POLL: Duration = Duration::from_millis(100);
+/// How long a delivery that found no capacity waits before it asks again (doubling up to max).
+const CAPACITY_PAUSE_MIN: Duration = Duration::from_millis(10);
+const CAPACITY_PAUSE_MAX: Duration = Duration::from_millis(500);
 
 impl Engine {
     /// The async policy of the version an invocation's target resolves to now.
@@ -85,7 +88,7 @@ impl Engine {
         } else if let Some(url) = &inv.webhook {
             self.post_webhook(url, &inv).await
         } else {
-            match self.invoke_once(&inv).await {
+            match self.deliver(&inv, &spec).await {
                 Ok(r) if (200..300).contains(&r.status) => Ok((r.status, result_text(&r.body))),
                 Ok(r) => Err(failure_text(r.status, &r.body)),
                 Err(e) => Err(format!("{}: {}", e.code.as_str(), e.message)),
@@ -127,6 +130,32 @@ impl Engine {
         }
         self.track(&inv.function, -1);
         self.wake.notify_one();
+    }
+
+    /// Runs the invocation, waiting while the function has no capacity for it (its version's
+    /// wait queue full, or its reserved concurrency reached: `[async] concurrency` may exceed
+    /// what the instances take). Waiting is not an attempt: the claim already counted this one,
+    /// and a full queue says nothing about the event. Bounded by the event's max age.
+    async fn deliver(
+        &self,
+        inv: &Invocation,
+        spec: &AsyncSpec,
+    ) -> Result<crate::Response, stratus_core::PlatformError> {
+        let mut pause = CAPACITY_PAUSE_MIN;
+        loop {
+            match self.try_invoke(inv).await {
+                Ok(r) => return Ok(r),
+                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::NoCapacity(e)) => {
+                    if expired(spec, inv.created_at, now_ms() + pause.as_millis() as i64) {
+                        return Err(e);
+                    }
+                    tracing::debug!(invocation = %inv.id, "waiting for capacity: {}", e.message);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(CAPACITY_PAUSE_MAX);
+                }
+            }
+        }
     }
 
     /// The record for the function's destination of `condition`, as an invocation to enqueue.

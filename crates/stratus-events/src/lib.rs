@@ -29,6 +29,28 @@ use stratus_scaler::Fleet;
 use stratus_store::{EventStore, Invocation, InvocationState, NewInvocation, StoreError};
 use tokio::sync::Notify;
 
+/// Why one try of an invocation did not produce a response.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// No instance slot could be queued for right now; nothing ran.
+    NoCapacity(PlatformError),
+    Failed(PlatformError),
+}
+
+impl From<PlatformError> for Attempt {
+    fn from(e: PlatformError) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
+impl Attempt {
+    fn into_error(self) -> PlatformError {
+        match self {
+            Attempt::NoCapacity(e) | Attempt::Failed(e) => e,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
     #[error(transparent)]
@@ -149,6 +171,13 @@ impl Engine {
     /// Runs an invocation once, now, and returns the function's response (the synchronous
     /// invocation API; also each attempt of an async one).
     pub async fn invoke_once(&self, inv: &Invocation) -> Result<Response, PlatformError> {
+        self.try_invoke(inv).await.map_err(Attempt::into_error)
+    }
+
+    /// [`Self::invoke_once`], telling "no capacity right now" (the version's wait queue is full,
+    /// or the function is at its reserved concurrency) apart from a failed run: an async
+    /// delivery waits for capacity rather than spending an attempt on it.
+    pub(crate) async fn try_invoke(&self, inv: &Invocation) -> Result<Response, Attempt> {
         let t = Target::parse(&inv.target)
             .map_err(|e| PlatformError::new(ErrorCode::BadRequest, e.to_string()))?;
         let version = self
@@ -161,10 +190,20 @@ impl Engine {
         let deadline = tokio::time::Instant::now() + timeout;
         let pool = self.fleet.pool(spec, version.number, &version.artifact);
         let lease = pool.acquire(deadline).await.map_err(|e| {
-            PlatformError::new(
+            let busy = matches!(
+                e,
+                stratus_scaler::AcquireError::QueueFull(_)
+                    | stratus_scaler::AcquireError::Throttled(_)
+            );
+            let e = PlatformError::new(
                 ErrorCode::Overloaded,
                 format!("`{}` version {}: {e}", spec.name, version.number),
-            )
+            );
+            if busy {
+                Attempt::NoCapacity(e)
+            } else {
+                Attempt::Failed(e)
+            }
         })?;
         let run = async {
             let resp = lease
@@ -190,14 +229,14 @@ impl Engine {
             })
         };
         match tokio::time::timeout_at(deadline, run).await {
-            Ok(r) => r,
-            Err(_) => Err(PlatformError::new(
+            Ok(r) => r.map_err(Attempt::Failed),
+            Err(_) => Err(Attempt::Failed(PlatformError::new(
                 ErrorCode::Timeout,
                 format!(
                     "`{}` did not respond within its timeout of {timeout:?}",
                     spec.name
                 ),
-            )),
+            ))),
         }
     }
 

@@ -46,23 +46,31 @@ pub struct Loaded {
     pub compiled_bytes: u64,
 }
 
-/// Where the compiled code of `component` in the artifact `digest_dir` lives.
-pub fn cache_path(
-    cache_dir: &Path,
-    fingerprint: &str,
-    digest_dir: &Path,
-    component: &str,
-) -> PathBuf {
-    let digest = digest_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+/// Where the compiled code of a component whose bytes hash to `content_sha256` lives: keyed by
+/// the component's content and the engine's compatibility hash only, so the same component
+/// deployed as any number of functions (each its own artifact) is compiled once and shares one
+/// file, and one loaded `Component` in memory.
+pub fn cache_path(cache_dir: &Path, fingerprint: &str, content_sha256: &str) -> PathBuf {
     let mut h = Sha256::new();
-    for part in [fingerprint, &digest, component] {
+    for part in [fingerprint, content_sha256] {
         h.update(part.as_bytes());
         h.update([0]);
     }
     cache_dir.join(format!("{}.cwasm", hex::encode(&h.finalize()[..16])))
+}
+
+/// The sha256 of a component file, hex. Blocking (it reads the file).
+pub fn content_sha256(src: &Path, file: &str) -> Result<String, CompileError> {
+    let mut f = std::fs::File::open(src).map_err(|e| CompileError::Read {
+        file: file.into(),
+        why: e.to_string(),
+    })?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| CompileError::Read {
+        file: file.into(),
+        why: e.to_string(),
+    })?;
+    Ok(hex::encode(h.finalize()))
 }
 
 /// What kind of binary `bytes` is, from its preamble: magic, then a version and a layer field
@@ -215,24 +223,24 @@ mod tests {
     }
 
     #[test]
-    fn cache_keys_change_with_engine_artifact_and_path() {
+    fn cache_keys_follow_the_content_and_the_engine_only() {
         let root = Path::new("/cache");
-        let a = cache_path(root, "e1", Path::new("/code/sha256-aa"), "hello.wasm");
+        let a = cache_path(root, "e1", "aa");
+        assert_eq!(a, cache_path(root, "e1", "aa"));
+        assert_ne!(a, cache_path(root, "e2", "aa"));
+        assert_ne!(a, cache_path(root, "e1", "bb"));
+    }
+
+    #[test]
+    fn the_content_hash_is_the_files_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x.wasm");
+        std::fs::write(&f, b"abc").unwrap();
         assert_eq!(
-            a,
-            cache_path(root, "e1", Path::new("/other/sha256-aa"), "hello.wasm")
+            content_sha256(&f, "x.wasm").unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_ne!(
-            a,
-            cache_path(root, "e2", Path::new("/code/sha256-aa"), "hello.wasm")
-        );
-        assert_ne!(
-            a,
-            cache_path(root, "e1", Path::new("/code/sha256-bb"), "hello.wasm")
-        );
-        assert_ne!(
-            a,
-            cache_path(root, "e1", Path::new("/code/sha256-aa"), "other.wasm")
-        );
+        let e = content_sha256(&dir.path().join("missing.wasm"), "missing.wasm").unwrap_err();
+        assert!(e.to_string().contains("cannot read `missing.wasm`"), "{e}");
     }
 }

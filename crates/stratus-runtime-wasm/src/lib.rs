@@ -2,17 +2,21 @@
 //! `wasi:http/incoming-handler` (WASI 0.2, the contract of `wasmtime serve` and Spin), run on
 //! wasmtime with `wasmtime-wasi-http`.
 //!
-//! - **Compile once.** [`Runtime::prepare`] validates and compiles the component on the blocking
-//!   pool and writes the machine code to a cache directory, keyed by the artifact's digest, the
-//!   component's path and the engine's compatibility hash. [`Runtime::start`] maps that file
-//!   (`Component::deserialize_file`) and links it once per loaded version (`ProxyPre`), so a
-//!   restart or a scale-from-zero never runs the compiler.
+//! - **Compile once per component.** [`Runtime::prepare`] validates and compiles the component
+//!   on the blocking pool and writes the machine code to a cache directory, keyed by the sha256
+//!   of the component's bytes and the engine's compatibility hash, so the same component
+//!   deployed as 10,000 functions is compiled once. [`Runtime::start`] maps that file
+//!   (`Component::deserialize_file`) and links it (`ProxyPre`) once per component, shared by
+//!   every function and version using it, so a restart or a scale-from-zero never runs the
+//!   compiler.
 //! - **An instance per request.** The scaler's "instance" is the loaded component; each request
 //!   gets a fresh `Store` and component instance, with the function's env, its stdout/stderr
 //!   going to the logs, its outbound HTTP checked against `allowed_outbound_hosts`, its memory
 //!   capped by a limiter, and a wall-clock deadline enforced by epoch interruption.
-//! - **Nothing idle in memory.** Loaded components are shared through weak references: when the
-//!   scaler stops a version's last instance, its code is unmapped until the next start.
+//! - **Little idle in memory.** Loaded components are shared through weak references, and the
+//!   [`RESIDENT`] most recently started ones are also held, so a scale-from-zero of a recently
+//!   used component only instantiates (no file mapping, no linking); a component used by no
+//!   instance and not among those is unmapped until its next start.
 //!
 //! This is the only crate that names wasmtime.
 // `deny` rather than `forbid`: loading cached machine code (`Component::deserialize_file`) is
@@ -25,7 +29,7 @@ mod host;
 mod instance;
 mod output;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
@@ -59,8 +63,15 @@ pub struct WasmRuntime {
     cache_dir: PathBuf,
     fingerprint: String,
     pooling: bool,
-    /// Loaded components by compiled file, shared by the instances of a version while any lives.
+    /// Loaded components by compiled file, shared by the instances of every version using the
+    /// component while any lives.
     loaded: Mutex<HashMap<PathBuf, Weak<Loaded>>>,
+    /// The most recently started components, most recent last, kept loaded while idle.
+    resident: Mutex<VecDeque<Arc<Loaded>>>,
+    resident_max: usize,
+    /// The compiled file of each component file in a version folder (folders are immutable,
+    /// named by their artifact's digest), so its bytes are hashed once per process.
+    keys: Mutex<HashMap<PathBuf, PathBuf>>,
     /// One compile per cache file at a time.
     compiling: tokio::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -107,6 +118,12 @@ impl WasmRuntime {
             fingerprint,
             pooling: built.pooling,
             loaded: Mutex::new(HashMap::new()),
+            resident: Mutex::new(VecDeque::new()),
+            resident_max: std::env::var(RESIDENT_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(RESIDENT),
+            keys: Mutex::new(HashMap::new()),
             compiling: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -116,14 +133,32 @@ impl WasmRuntime {
         self.pooling
     }
 
-    /// Where the compiled code of a prepared version is kept.
-    pub fn compiled_path(&self, p: &PreparedVersion) -> PathBuf {
-        compile::cache_path(
-            &self.cache_dir,
-            &self.fingerprint,
-            &p.dir,
-            component_of(&p.spec),
-        )
+    /// Where the compiled code of a prepared version's component is kept, from the sha256 of its
+    /// bytes (hashed once per version folder and process).
+    async fn compiled_path(&self, p: &PreparedVersion) -> Result<PathBuf, RuntimeError> {
+        let file = component_of(&p.spec).to_string();
+        let at = p.dir.join(&file);
+        if let Some(k) = lock(&self.keys).get(&at) {
+            return Ok(k.clone());
+        }
+        let src = inside(&p.dir, &file)?;
+        let sha = tokio::task::spawn_blocking(move || compile::content_sha256(&src, &file))
+            .await
+            .map_err(|e| RuntimeError::PrepareFailed(format!("the hash task failed: {e}")))?
+            .map_err(|e| RuntimeError::PrepareFailed(e.to_string()))?;
+        let path = compile::cache_path(&self.cache_dir, &self.fingerprint, &sha);
+        lock(&self.keys).insert(at, path.clone());
+        Ok(path)
+    }
+
+    /// Holds `l` among the `resident_max` most recently started components.
+    fn keep_resident(&self, l: &Arc<Loaded>) {
+        let mut r = lock(&self.resident);
+        r.retain(|x| !Arc::ptr_eq(x, l));
+        r.push_back(l.clone());
+        while r.len() > self.resident_max {
+            r.pop_front();
+        }
     }
 
     fn platform(&self, spec: &FunctionSpec, version: VersionNumber, instance: &str, line: String) {
@@ -145,7 +180,7 @@ impl WasmRuntime {
         p: &PreparedVersion,
         force: bool,
     ) -> Result<bool, RuntimeError> {
-        let dest = self.compiled_path(p);
+        let dest = self.compiled_path(p).await?;
         let cached = || async { !force && tokio::fs::try_exists(&dest).await.unwrap_or(false) };
         if cached().await {
             return Ok(false);
@@ -193,8 +228,12 @@ impl WasmRuntime {
 
     /// The version's component, loaded from the cache unless an instance already holds it.
     async fn load(&self, p: &PreparedVersion) -> Result<(Arc<Loaded>, Option<u128>), RuntimeError> {
-        let path = self.compiled_path(p);
+        let path = self
+            .compiled_path(p)
+            .await
+            .map_err(|e| RuntimeError::StartFailed(e.to_string()))?;
         if let Some(l) = self.cached(&path) {
+            self.keep_resident(&l);
             return Ok((l, None));
         }
         let started = Instant::now();
@@ -239,24 +278,54 @@ impl WasmRuntime {
             }
         };
         let loaded = Arc::new(loaded);
-        let mut map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        // Another start may have loaded it meanwhile: keep one copy.
-        if let Some(l) = map.get(&path).and_then(Weak::upgrade) {
-            return Ok((l, None));
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        map.insert(path, Arc::downgrade(&loaded));
-        Ok((loaded, Some(started.elapsed().as_micros())))
+        let loaded = {
+            let mut map = lock(&self.loaded);
+            // Another start may have loaded it meanwhile: keep one copy.
+            match map.get(&path).and_then(Weak::upgrade) {
+                Some(l) => Err(l),
+                None => {
+                    map.retain(|_, w| w.strong_count() > 0);
+                    map.insert(path, Arc::downgrade(&loaded));
+                    Ok(loaded)
+                }
+            }
+        };
+        let (l, took) = match loaded {
+            Ok(l) => (l, Some(started.elapsed().as_micros())),
+            Err(l) => (l, None),
+        };
+        self.keep_resident(&l);
+        Ok((l, took))
     }
 
     fn cached(&self, path: &Path) -> Option<Arc<Loaded>> {
-        let map = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(path).and_then(Weak::upgrade)
+        lock(&self.loaded).get(path).and_then(Weak::upgrade)
+    }
+
+    /// How many distinct components are loaded in memory (for tests and diagnostics).
+    pub fn loaded_components(&self) -> usize {
+        lock(&self.loaded)
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
     }
 }
 
+/// How many recently started components stay loaded while no instance uses them: a mapped
+/// compiled file and its linked `ProxyPre` cost little memory (the code pages are the page
+/// cache's, shared), and keeping them makes a scale-from-zero an instantiation only.
+pub const RESIDENT: usize = 64;
+
+/// Overrides [`RESIDENT`] (0 unloads a component with its last instance; benchmarks use it to
+/// measure a start with nothing in memory).
+pub const RESIDENT_ENV: &str = "STRATUS_WASM_RESIDENT";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn component_of(spec: &FunctionSpec) -> &str {
-    spec.command.first().map(String::as_str).unwrap_or("")
+    spec.component().unwrap_or("")
 }
 
 /// The component's path in the version folder, which must not lead out of it (the manifest

@@ -229,6 +229,63 @@ async fn compiles_once_and_reuses_the_cache_after_a_restart() {
 }
 
 #[tokio::test]
+async fn the_same_component_in_many_functions_is_compiled_and_loaded_once() {
+    let rig = Rig::new();
+    let bytes = std::fs::read(HELLO).unwrap();
+    let mut instances = Vec::new();
+    for (n, digest) in ["a1", "b2", "c3"].iter().enumerate() {
+        // Different artifacts (each function's own folder and manifest), the same component.
+        let digest = rig.artifact(digest, &bytes);
+        let mut s = spec(wasm_limits(), &[]);
+        s.name = FunctionName::new(format!("f{n}")).unwrap();
+        let p = rig
+            .rt
+            .prepare(Arc::new(s), VersionNumber(1), &digest)
+            .await
+            .unwrap();
+        let i = rig.rt.start(&p, &format!("f{n}-v1")).await.unwrap();
+        assert_eq!(call(&i, get("/")).await.0, 200);
+        instances.push(i);
+    }
+    let text = rig.logs.text();
+    assert_eq!(text.matches("compiled hello.wasm").count(), 1, "{text}");
+    assert_eq!(text.matches("loaded from cache").count(), 1, "{text}");
+    assert_eq!(rig.rt.loaded_components(), 1);
+    assert_eq!(
+        std::fs::read_dir(rig.data.join("wasm-cache"))
+            .unwrap()
+            .count(),
+        1
+    );
+    // A different component is its own compile.
+    let mut other = bytes.clone();
+    // A trailing custom section named "xtra", empty.
+    other.extend_from_slice(b"\x00\x05\x04xtra");
+    let digest = rig.artifact("d4", &other);
+    let p = rig
+        .rt
+        .prepare(
+            Arc::new(spec(wasm_limits(), &[])),
+            VersionNumber(2),
+            &digest,
+        )
+        .await
+        .unwrap();
+    let i = rig.rt.start(&p, "hello-v2").await.unwrap();
+    assert_eq!(call(&i, get("/")).await.0, 200);
+    assert_eq!(rig.logs.text().matches("compiled hello.wasm").count(), 2);
+    assert_eq!(rig.rt.loaded_components(), 2);
+
+    // Idle (no instance), a recently used component stays loaded: the next start only
+    // instantiates.
+    drop((instances, i));
+    assert_eq!(rig.rt.loaded_components(), 2);
+    let i = rig.rt.start(&p, "hello-v2-again").await.unwrap();
+    assert_eq!(call(&i, get("/")).await.0, 200);
+    assert_eq!(rig.logs.text().matches("loaded from cache").count(), 2);
+}
+
+#[tokio::test]
 async fn refuses_what_is_not_a_wasi_http_component() {
     let rig = Rig::new();
     let cases: [(&str, Vec<u8>, &str); 4] = [

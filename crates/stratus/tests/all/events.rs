@@ -433,6 +433,31 @@ async fn async_invocations_retry_dead_letter_destinations_and_redrive() {
 }
 
 #[tokio::test]
+async fn async_deliveries_wait_for_capacity_instead_of_spending_attempts() {
+    // Eight async deliveries at once for one instance with a wait queue of one: most find the
+    // queue full. They wait for room; none spends an attempt or reaches the dead-letter list.
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("worker.jsonl");
+    let w = worker(
+        "narrow",
+        &out,
+        "concurrency = 8\n\n[scaling]\nmax = 1\nmax_queue = 1",
+    );
+    s.deploy(&w.dir).ok();
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(submit(&s, "narrow", json!({"n": n, "sleep": 200})).await);
+    }
+    for id in &ids {
+        let v = state_of(&s, id, "succeeded").await;
+        assert_eq!(v["attempts"], 1, "{v}");
+        assert!(v["errors"].as_array().is_none_or(|e| e.is_empty()), "{v}");
+    }
+    assert_eq!(lines(&out).len(), 6);
+}
+
+#[tokio::test]
 async fn acknowledged_events_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
