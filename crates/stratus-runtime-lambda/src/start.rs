@@ -17,13 +17,18 @@ use crate::api::{RuntimeApi, StartState};
 use crate::event::handler_error;
 use crate::instance::LambdaInstance;
 
-/// Prefixes output lines with the request id in flight, for bootstraps that do not tag their
-/// own output (a `lambda` bootstrap; the shipped ones tag each line exactly, even when the line
-/// is read after the response). Concurrency is one, so the id in flight is the only candidate.
+/// Attributes output lines to their invocation. A `lambda` bootstrap does not tag its own output,
+/// so its lines get the id in flight (concurrency is one, so it is the only candidate), also as
+/// a text prefix. The shipped node/python bootstraps tag each line exactly as `<id>\t...`, even
+/// when the line is read after the response, so their prefix is taken as is.
 struct Tagging {
     inner: Arc<dyn LogSink>,
     current: Arc<Mutex<Option<String>>>,
+    prefix_text: bool,
 }
+
+/// Level words the shipped bootstraps write first when no invocation is in flight.
+const LEVELS: &[&str] = &["INFO", "WARN", "ERROR", "DEBUG", "TRACE", "FATAL", "LOG"];
 
 impl LogSink for Tagging {
     fn emit(&self, mut line: LogLine) {
@@ -32,10 +37,26 @@ impl LogSink for Tagging {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Some(id) = current
-            && !line.line.contains(&id)
-        {
-            line.line = format!("{id}\t{}", line.line);
+        if self.prefix_text {
+            if let Some(id) = &current
+                && !line.line.contains(id.as_str())
+            {
+                line.line = format!("{id}\t{}", line.line);
+            }
+            line.request_id = current;
+        } else {
+            let tagged = line
+                .line
+                .split_once('\t')
+                .map(|(first, _)| first)
+                .filter(|t| {
+                    !t.is_empty()
+                        && t.len() <= 128
+                        && t.bytes().all(|b| b.is_ascii_graphic())
+                        && !LEVELS.contains(t)
+                })
+                .map(str::to_string);
+            line.request_id = tagged.or(current);
         }
         self.inner.emit(line);
     }
@@ -115,14 +136,11 @@ pub async fn start(
     })?;
     conf.set_pid(child.id().unwrap_or(0) as i32);
     let tail = OutputTail::default();
-    let sink: Arc<dyn LogSink> = if spec.runtime == stratus_core::RuntimeKind::Lambda {
-        Arc::new(Tagging {
-            inner: logs.clone(),
-            current: api.current.clone(),
-        })
-    } else {
-        logs.clone()
-    };
+    let sink: Arc<dyn LogSink> = Arc::new(Tagging {
+        inner: logs.clone(),
+        current: api.current.clone(),
+        prefix_text: spec.runtime == stratus_core::RuntimeKind::Lambda,
+    });
     capture_output(
         &mut child,
         spec.name.as_str(),

@@ -10,6 +10,31 @@ use stratus_runtime::{Body, Instance, InstanceHealth, RuntimeError, empty_body};
 use tokio::sync::{Notify, watch};
 
 use crate::confine::Confinement;
+use crate::spawn::{OutputTail, RequestScope};
+
+/// A response body that keeps its request marked in flight until it ends.
+struct Scoped {
+    inner: Body,
+    _scope: RequestScope,
+}
+
+impl http_body::Body for Scoped {
+    type Data = bytes::Bytes;
+    type Error = stratus_runtime::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
 
@@ -30,6 +55,8 @@ pub struct ProcessInstance {
     client: Client,
     health: watch::Receiver<InstanceHealth>,
     exited: Arc<Notify>,
+    /// Its output capture, told which requests are in flight.
+    tail: OutputTail,
 }
 
 impl ProcessInstance {
@@ -40,6 +67,7 @@ impl ProcessInstance {
         client: Client,
         health: watch::Receiver<InstanceHealth>,
         exited: Arc<Notify>,
+        tail: OutputTail,
     ) -> Self {
         let authority = format!("127.0.0.1:{port}")
             .parse()
@@ -52,6 +80,7 @@ impl ProcessInstance {
             client,
             health,
             exited,
+            tail,
         }
     }
 
@@ -128,9 +157,26 @@ impl Instance for ProcessInstance {
             .map_err(|e| RuntimeError::Upstream(format!("bad upstream uri: {e}")))?;
         // The pooled client speaks HTTP/1.1 to instances whatever the caller used.
         parts.version = http::Version::HTTP_11;
+        // Output written while this is the only request in flight is this request's; the scope
+        // ends with the response body.
+        let scope = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|rid| self.tail.enter(rid));
         let req = http::Request::from_parts(parts, body);
         match self.client.request(req).await {
-            Ok(resp) => Ok(resp.map(|b| b.map_err(Into::into).boxed_unsync())),
+            Ok(resp) => Ok(resp.map(|b| {
+                let b = b.map_err(Into::into).boxed_unsync();
+                match scope {
+                    None => b,
+                    Some(scope) => Scoped {
+                        inner: b,
+                        _scope: scope,
+                    }
+                    .boxed_unsync(),
+                }
+            })),
             Err(e) => {
                 let why = if self.running() {
                     "connection to the instance failed"

@@ -17,18 +17,59 @@ const TAIL_LINES: usize = 20;
 
 /// The last lines an instance wrote, quoted in start errors so a failed deploy says why.
 #[derive(Clone, Default)]
-pub struct OutputTail(Arc<Mutex<VecDeque<String>>>);
+pub struct OutputTail {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    /// Requests the instance is serving now, so output can be attributed to the request.
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+/// A request in flight on an instance; dropping it ends it.
+pub struct RequestScope {
+    requests: Arc<Mutex<Vec<String>>>,
+    id: String,
+}
+
+impl Drop for RequestScope {
+    fn drop(&mut self) {
+        let mut r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = r.iter().position(|x| *x == self.id) {
+            r.swap_remove(i);
+        }
+    }
+}
 
 impl OutputTail {
+    /// Marks `request_id` in flight until the scope is dropped.
+    pub fn enter(&self, request_id: &str) -> RequestScope {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(request_id.to_string());
+        RequestScope {
+            requests: self.requests.clone(),
+            id: request_id.to_string(),
+        }
+    }
+
+    /// The request a line written now belongs to: the one in flight, if exactly one is (with
+    /// several at once, a line cannot be told apart and is left unattributed).
+    fn sole_request(&self) -> Option<String> {
+        let r = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        match r.as_slice() {
+            [only] => Some(only.clone()),
+            _ => None,
+        }
+    }
+
     fn push(&self, line: &str) {
-        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() == TAIL_LINES {
             q.pop_front();
         }
         q.push_back(line.to_string());
     }
     pub fn text(&self) -> String {
-        let q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let q = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         if q.is_empty() {
             return "(no output)".into();
         }
@@ -83,6 +124,7 @@ fn reader_task(
         // Lines that are not UTF-8 end the capture; the instance keeps running.
         while let Ok(Some(line)) = lines.next_line().await {
             tail.push(&line);
+            let request_id = tail.sole_request();
             logs.emit(LogLine {
                 id: 0,
                 at: now_ms(),
@@ -91,7 +133,7 @@ fn reader_task(
                 instance: meta.2.clone(),
                 stream,
                 line,
-                request_id: None,
+                request_id,
             });
         }
     })
@@ -245,6 +287,7 @@ pub async fn start(
         client,
         health_rx,
         exited,
+        tail.clone(),
     );
     match wait_ready(
         &inst,

@@ -92,6 +92,7 @@ impl WasmInstance {
             function: spec.name.to_string(),
             version,
             instance: id.clone(),
+            request_id: None,
         });
         Self {
             id,
@@ -105,8 +106,13 @@ impl WasmInstance {
         }
     }
 
-    fn store(&self, deadline: Instant) -> Store<Host> {
+    fn store(&self, deadline: Instant, request_id: Option<String>) -> Store<Host> {
         let Report { spec, meta, logs } = &*self.report;
+        // The request's output is its own: every line it writes carries its id.
+        let meta = &Arc::new(LogMeta {
+            request_id,
+            ..(**meta).clone()
+        });
         let mut wasi = WasiCtx::builder();
         wasi.envs(&self.env)
             .stdout(LogOutput::new(
@@ -312,7 +318,7 @@ impl Instance for WasmInstance {
             .to_string();
         let request_id = rid.clone();
         let deadline = Instant::now() + self.report.spec.limits.timeout;
-        let mut store = self.store(deadline);
+        let mut store = self.store(deadline, (rid != "-").then(|| rid.clone()));
         let (mut parts, body) = req.into_parts();
         // wasi:http wants an authority; a request without a Host header still gets one.
         if !parts.headers.contains_key(http::header::HOST) {

@@ -26,6 +26,8 @@ pub struct LogMeta {
     pub function: String,
     pub version: u32,
     pub instance: String,
+    /// Set on the per-request copy.
+    pub request_id: Option<String>,
 }
 
 impl LogMeta {
@@ -38,7 +40,7 @@ impl LogMeta {
             instance: self.instance.clone(),
             stream,
             line,
-            request_id: None,
+            request_id: self.request_id.clone(),
         }
     }
 }
@@ -196,6 +198,7 @@ mod tests {
             function: "f".into(),
             version: 2,
             instance: "i".into(),
+            request_id: Some("r-1".into()),
         });
         LogOutput::new(LogStream::Stderr, meta, sink.clone())
     }
@@ -214,9 +217,10 @@ mod tests {
         let text: Vec<_> = lines.iter().map(|l| l.line.as_str()).collect();
         assert_eq!(text, ["one", "two", "three"]);
         assert!(
-            lines
-                .iter()
-                .all(|l| l.stream == LogStream::Stderr && l.version == 2)
+            lines.iter().all(|l| l.stream == LogStream::Stderr
+                && l.version == 2
+                && l.request_id.as_deref() == Some("r-1")),
+            "every line carries its request's id"
         );
     }
 

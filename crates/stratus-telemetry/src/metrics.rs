@@ -390,7 +390,7 @@ mod tests {
     use super::*;
     use crate::stats::{Outcome, TrafficStats};
 
-    fn sample() -> String {
+    pub(super) fn sample() -> String {
         let stats = TrafficStats::default();
         let o = |status, error, init| Outcome {
             function: "hello",
@@ -480,5 +480,37 @@ mod tests {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// The Grafana dashboard shipped in `deploy/grafana/stratus.json` must only query metrics that
+/// `/metrics` exposes (a renamed metric would silently empty a panel).
+#[cfg(test)]
+mod dashboard {
+    use super::tests::sample;
+
+    #[test]
+    fn every_metric_the_dashboard_queries_is_exposed() {
+        let dash = include_str!("../../../deploy/grafana/stratus.json");
+        let text = sample();
+        let mut checked = 0;
+        for expr in dash.split("\"expr\": \"").skip(1) {
+            let expr = &expr[..expr.find('"').unwrap_or(expr.len())];
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                let is_label = text.contains(&format!("{word}=\""));
+                let is_metric = !is_label
+                    && ["faas_", "stratus_", "process_", "http_server_"]
+                        .iter()
+                        .any(|p| word.starts_with(p));
+                if is_metric {
+                    assert!(
+                        text.lines().any(|l| l.starts_with(word)),
+                        "the dashboard queries {word}, which /metrics does not expose"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 15, "only {checked} metric references found");
     }
 }

@@ -523,3 +523,42 @@ async fn alarms_fire_and_resolve_through_the_webhook_with_retries() {
     assert_ne!(gone.code(), 0);
     assert!(gone.stderr().contains("no alarm"), "{}", gone.stderr());
 }
+
+#[tokio::test]
+async fn a_handler_request_record_comes_with_its_own_log_lines() {
+    let s = Server::start();
+    let app = App::fixture("node-handler");
+    s.deploy(&app.dir).ok();
+    let r = http()
+        .get(format!("{}/fn/nodefn/log", s.gw))
+        .header("x-request-id", "with-lines-1")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let rec = eventually(Duration::from_secs(10), || async {
+        let (code, rec) = api_json(&s, "/requests/with-lines-1").await;
+        (code == 200 && !rec["lines"].as_array().unwrap().is_empty()).then_some(rec)
+    })
+    .await
+    .expect("the record and its line");
+    let lines = rec["lines"].as_array().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["line"].as_str().unwrap().contains("logged from /log")),
+        "{rec}"
+    );
+    assert!(
+        lines.iter().all(|l| l["request_id"] == "with-lines-1"),
+        "{rec}"
+    );
+    // The CLI shows the record, then its lines.
+    let out = s
+        .cli(&["logs", "nodefn", "--request-id", "with-lines-1"])
+        .ok()
+        .stdout();
+    let first = out.lines().next().unwrap_or_default();
+    assert!(first.contains("req=with-lines-1"), "{out}");
+    assert!(out.contains("logged from /log"), "{out}");
+}
