@@ -273,9 +273,7 @@ impl InstanceCgroup {
         let cg = match &detected().backend {
             Backend::Rlimit => return Ok(None),
             Backend::V2 { dir, controllers } => {
-                let name = unique_name(&[dir.as_path()], instance_id);
-                let d = dir.join(&name);
-                fs::create_dir(&d)?;
+                let d = claim(&[dir.as_path()], instance_id)?.remove(0);
                 let has = |c: &str| controllers.contains(&c);
                 Self {
                     v2: true,
@@ -285,34 +283,16 @@ impl InstanceCgroup {
                 }
             }
             Backend::V1 { memory, cpu, pids } => {
-                let parents: Vec<&Path> = [memory, cpu, pids]
-                    .into_iter()
-                    .flatten()
-                    .map(PathBuf::as_path)
-                    .collect();
-                let name = unique_name(&parents, instance_id);
-                let mut cg = Self {
+                let slots = [memory, cpu, pids];
+                let parents: Vec<&Path> = slots.iter().filter_map(|p| p.as_deref()).collect();
+                let mut made = claim(&parents, instance_id)?.into_iter();
+                let mut next = |p: &Option<PathBuf>| p.as_ref().and_then(|_| made.next());
+                Self {
                     v2: false,
-                    memory: None,
-                    cpu: None,
-                    pids: None,
-                };
-                // Made one by one, so a failure part-way removes the ones already made.
-                for (i, parent) in [memory, cpu, pids].into_iter().enumerate() {
-                    if let Some(parent) = parent {
-                        let d = parent.join(&name);
-                        if let Err(e) = fs::create_dir(&d) {
-                            cg.remove();
-                            return Err(e);
-                        }
-                        match i {
-                            0 => cg.memory = Some(d),
-                            1 => cg.cpu = Some(d),
-                            _ => cg.pids = Some(d),
-                        }
-                    }
+                    memory: next(memory),
+                    cpu: next(cpu),
+                    pids: next(pids),
                 }
-                cg
             }
         };
         // From here on, a failure must not leave the directories behind.
@@ -492,24 +472,44 @@ impl InstanceCgroup {
     }
 }
 
-/// The instance id, or the id with a suffix when another server on this host (or a test) already
-/// has a cgroup of that name: ids are unique per server, not per host.
-fn unique_name(parents: &[&Path], instance_id: &str) -> String {
+/// Creates `<parent>/<name>` in every parent, where the name is the instance id, or the id with a
+/// suffix when another server on this host (or a test) already has a cgroup of that name: ids
+/// are unique per server, not per host. `mkdir` is the claim, so two racing servers never share.
+fn claim(parents: &[&Path], instance_id: &str) -> io::Result<Vec<PathBuf>> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let taken = |n: &str| parents.iter().any(|p| p.join(n).exists());
-    if !taken(instance_id) {
-        return instance_id.to_string();
-    }
-    loop {
-        let n = format!(
+    let mut name = instance_id.to_string();
+    for _ in 0..100 {
+        let mut made = Vec::new();
+        let mut taken = false;
+        for p in parents {
+            let d = p.join(&name);
+            match fs::create_dir(&d) {
+                Ok(()) => made.push(d),
+                Err(e) => {
+                    for m in made.iter().rev() {
+                        let _ = fs::remove_dir(m);
+                    }
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(e);
+                    }
+                    taken = true;
+                    break;
+                }
+            }
+        }
+        if !taken {
+            return Ok(made);
+        }
+        name = format!(
             "{instance_id}.{}.{}",
             std::process::id(),
             SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        if !taken(&n) {
-            return n;
-        }
     }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("no free cgroup name for {instance_id}"),
+    ))
 }
 
 /// Removes instance cgroups a killed server left behind: empty and older than a minute. A
