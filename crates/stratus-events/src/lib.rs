@@ -84,6 +84,15 @@ pub struct Response {
     pub body: Bytes,
 }
 
+/// What an attempt got to, for its request record.
+#[derive(Default)]
+struct Seen {
+    version: Option<u32>,
+    instance: String,
+    queue: std::time::Duration,
+    init: Option<std::time::Duration>,
+}
+
 pub struct Engine {
     store: Arc<dyn EventStore>,
     router: Arc<Router>,
@@ -99,6 +108,8 @@ pub struct Engine {
         hyper_util::client::legacy::connect::HttpConnector,
         Body,
     >,
+    /// Where each attempt's request record goes (set once by the binary).
+    records: std::sync::OnceLock<Arc<dyn stratus_runtime::RequestSink>>,
 }
 
 impl Engine {
@@ -120,7 +131,13 @@ impl Engine {
                 hyper_util::rt::TokioExecutor::new(),
             )
             .build_http(),
+            records: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records every attempt (trigger `async` or `timer`) like the gateway records requests.
+    pub fn record_into(&self, sink: Arc<dyn stratus_runtime::RequestSink>) {
+        let _ = self.records.set(sink);
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -178,6 +195,55 @@ impl Engine {
     /// or the function is at its reserved concurrency) apart from a failed run: an async
     /// delivery waits for capacity rather than spending an attempt on it.
     pub(crate) async fn try_invoke(&self, inv: &Invocation) -> Result<Response, Attempt> {
+        let started = std::time::Instant::now();
+        let start_ms = now_ms();
+        let mut seen = Seen::default();
+        let result = self.try_invoke_seen(inv, &mut seen).await;
+        if let (Some(sink), Some(version)) = (self.records.get(), seen.version) {
+            let (status, error) = match &result {
+                Ok(r) => (
+                    r.status,
+                    (r.status >= 500).then(|| "function_error".to_string()),
+                ),
+                Err(a) => {
+                    let e = match a {
+                        Attempt::Failed(e) | Attempt::NoCapacity(e) => e,
+                    };
+                    (e.code.http_status(), Some(e.code.as_str().to_string()))
+                }
+            };
+            sink.record(stratus_store::RequestRecord {
+                id: 0,
+                request_id: inv.id.clone(),
+                trace_id: String::new(),
+                function: inv.function.clone(),
+                version,
+                instance: seen.instance,
+                trigger: if inv.event_type == TYPE_TIMER {
+                    stratus_store::Trigger::Timer
+                } else {
+                    stratus_store::Trigger::Async
+                },
+                method: "POST".into(),
+                path: "/".into(),
+                start_ms,
+                duration_us: started.elapsed().as_micros() as u64,
+                queue_us: seen.queue.as_micros() as u64,
+                init_us: seen.init.map(|d| d.as_micros() as u64),
+                status,
+                error,
+                bytes_in: inv.payload.len() as u64,
+                bytes_out: result.as_ref().map(|r| r.body.len() as u64).unwrap_or(0),
+            });
+        }
+        result
+    }
+
+    async fn try_invoke_seen(
+        &self,
+        inv: &Invocation,
+        seen: &mut Seen,
+    ) -> Result<Response, Attempt> {
         let t = Target::parse(&inv.target)
             .map_err(|e| PlatformError::new(ErrorCode::BadRequest, e.to_string()))?;
         let version = self
@@ -186,10 +252,14 @@ impl Engine {
             .version_of(&inv.function, &t)
             .map_err(PlatformError::from)?;
         let spec = &version.spec;
+        seen.version = Some(version.number.0);
         let timeout = spec.limits.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let pool = self.fleet.pool(spec, version.number, &version.artifact);
-        let lease = pool.acquire(deadline).await.map_err(|e| {
+        let queued = std::time::Instant::now();
+        let acquired = pool.acquire(deadline).await;
+        seen.queue = queued.elapsed();
+        let lease = acquired.map_err(|e| {
             let busy = matches!(
                 e,
                 stratus_scaler::AcquireError::QueueFull(_)
@@ -205,6 +275,8 @@ impl Engine {
                 Attempt::Failed(e)
             }
         })?;
+        seen.init = lease.cold_start();
+        seen.instance = lease.instance().id().to_string();
         let run = async {
             let resp = lease
                 .instance()

@@ -277,6 +277,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     // Async invocations and timers; "local" owns this node's claims, so after a crash the
     // restarted node delivers what it had claimed.
     let engine = stratus_events::Engine::new(event_store, router.clone(), fleet.clone(), "local");
+    if !args.no_request_log {
+        engine.record_into(hub.clone());
+    }
     let _ = cp.events.set(engine.clone());
     let event_tasks = engine
         .spawn()

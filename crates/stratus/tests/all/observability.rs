@@ -562,3 +562,34 @@ async fn a_handler_request_record_comes_with_its_own_log_lines() {
     assert!(first.contains("req=with-lines-1"), "{out}");
     assert!(out.contains("logged from /log"), "{out}");
 }
+
+#[tokio::test]
+async fn async_invocations_leave_records_too() {
+    let s = Server::start();
+    let app = App::fixture("echo");
+    s.deploy(&app.dir).ok();
+    let out = s
+        .cli(&["invoke", "echo", "--async", "--data", "{\"n\":1}", "--json"])
+        .ok()
+        .json();
+    let id = out["invocation_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let rec = eventually(Duration::from_secs(10), || async {
+        let (code, rec) = api_json(&s, &format!("/requests/{id}")).await;
+        (code == 200).then_some(rec)
+    })
+    .await
+    .expect("a record of the delivery");
+    assert_eq!(rec["trigger"], "async", "{rec}");
+    assert_eq!(
+        (rec["function"].as_str(), rec["status"].as_u64()),
+        (Some("echo"), Some(200))
+    );
+    assert_eq!(rec["bytes_in"].as_u64(), Some(7));
+    assert!(
+        rec["instance"].as_str().unwrap().starts_with("echo-v1-"),
+        "{rec}"
+    );
+}
