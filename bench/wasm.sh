@@ -250,8 +250,9 @@ if rounds == 0 and density == 0:
 # 2. cold start: scaled to zero between requests.
 cases = [("component resident (recently used)", servers[0]),
          ("nothing in memory (STRATUS_WASM_RESIDENT=0: map + link + instantiate)", servers[1])]
-print(f"\ncold start (no instance -> first byte of GET /, client: new TCP connection, {rounds} rounds):")
-for label, srv in cases:
+if rounds:
+    print(f"\ncold start (no instance -> first byte of GET /, client: new TCP connection, {rounds} rounds):")
+for label, srv in cases if rounds else []:
     deploy(srv, "bench-cold")
     first_byte(srv, "bench-cold")
     cold, warm = [], []
