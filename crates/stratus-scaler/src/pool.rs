@@ -417,7 +417,11 @@ impl InstancePool {
                     routable: obs.routable,
                 },
             );
-            if a.desired > current && !obs.in_backoff {
+            // The windows hold capacity while demand lasts; they never add instances nobody is
+            // asking for (after a burst, the stable window remembers demand for a minute, and
+            // restarting what `idle_timeout` just stopped kept pools from reaching zero).
+            let asking = obs.in_flight + obs.waiting > 0;
+            if a.desired > current && !obs.in_backoff && asking {
                 d.start = d.start.max(a.desired - current);
             }
             // Busy instances beyond the desired size drain (finishing what they serve).

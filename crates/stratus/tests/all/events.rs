@@ -436,8 +436,9 @@ async fn async_invocations_retry_dead_letter_destinations_and_redrive() {
 async fn async_deliveries_wait_for_capacity_instead_of_spending_attempts() {
     // Eight async deliveries at once for one instance with a wait queue of one: most find the
     // queue full. They wait for room; none spends an attempt or reaches the dead-letter list.
-    let s = Server::start();
+    // Isolation off: the worker writes a file on the host.
     let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_in_with_env(&tmp.path().join("data"), ISOLATION_OFF);
     let out = tmp.path().join("worker.jsonl");
     let w = worker(
         "narrow",
