@@ -344,22 +344,29 @@ async fn traces_are_exported_over_otlp_with_faas_attributes() {
     let parent_seen = seen_by_function.split('-').nth(2).unwrap();
     assert_eq!(hex::encode(&invoke.span_id), parent_seen);
 
-    // The exporter's own counters.
-    let text = http()
-        .get(format!("{}/metrics", s.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let exported: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("stratus_spans_exported_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(exported >= spans.len() as u64, "{exported}");
+    // The exporter's own counters (counted once the collector's answer is read).
+    let want = spans.len() as u64;
+    let exported = eventually(Duration::from_secs(5), || async {
+        let text = http()
+            .get(format!("{}/metrics", s.api))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let n: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("stratus_spans_exported_total "))?
+            .parse()
+            .ok()?;
+        (n >= want).then_some(n)
+    })
+    .await;
+    assert!(
+        exported.is_some(),
+        "fewer than {want} spans counted as exported"
+    );
 }
 
 /// A webhook that fails its first call and records every body it gets.
