@@ -59,6 +59,7 @@ def main():
         "off": traffic.Stratus(["--no-request-log"]),
         "records": traffic.Stratus([]),
         "on": traffic.Stratus(["--otlp-endpoint", otlp]),
+        "sampled": traffic.Stratus(["--otlp-endpoint", otlp, "--trace-sample-ratio", "0.1"]),
     }
     try:
         for s in servers.values():
@@ -73,12 +74,13 @@ def main():
         load = os.getloadavg()[0]
         print(f"observability overhead: wrk -t1 -c{traffic.CONNS} -d{traffic.DURATION} --latency, median of {RUNS} interleaved runs, load avg {load:.1f}")
         print(f"{'telemetry':<46} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-        for k, label in (("off", "off (--no-request-log, no OTLP)"), ("records", "request records + metrics (the default)"), ("on", "on (request records + metrics + OTLP traces)")):
+        for k, label in (("off", "off (--no-request-log, no OTLP)"), ("records", "request records + metrics (the default)"), ("on", "on (request records + metrics + OTLP traces)"), ("sampled", "on, 10% of new traces sampled")):
             rps, p50, p99, bad = med[k]
             print(f"{label:<46} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {bad:>8.0f}")
         ratio = med["on"][0] / med["off"][0]
         print(f"throughput ratio on/off: {ratio:.3f} (target >= 0.95: {'MET' if ratio >= 0.95 else 'MISSED'}); "
-              f"records only/off: {med['records'][0] / med['off'][0]:.3f}; OTLP bytes received: {Sink.received}")
+              f"records only/off: {med['records'][0] / med['off'][0]:.3f}; 10% sampled/off: {med['sampled'][0] / med['off'][0]:.3f}; "
+              f"OTLP bytes received: {Sink.received}")
         # Nothing was dropped on the way (or say how much).
         m = subprocess.run(["curl", "-s", f"http://127.0.0.1:{servers['on'].api}/metrics"], capture_output=True, text=True).stdout
         for name in ("stratus_request_records_dropped_total", "stratus_spans_dropped_total", "stratus_spans_exported_total"):

@@ -42,10 +42,32 @@ pub(crate) struct Timeline {
 }
 
 /// Where the gateway's request records and spans go.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Observers {
     pub records: Option<Arc<dyn RequestSink>>,
     pub tracer: Option<Arc<Tracer>>,
+    /// The share of new traces (requests without a `traceparent`) that are sampled, decided
+    /// from the trace id like OTel's `traceidratio`; a caller's decision is always kept.
+    pub root_sample_ratio: f64,
+}
+
+impl Default for Observers {
+    fn default() -> Self {
+        Self {
+            records: None,
+            tracer: None,
+            root_sample_ratio: 1.0,
+        }
+    }
+}
+
+/// `traceidratio`: sampled when the trace id's low 8 bytes fall under the ratio.
+pub(crate) fn sampled(trace_id: &[u8; 16], ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let low = u64::from_be_bytes(trace_id[8..].try_into().expect("8 bytes"));
+    (low as f64) < ratio.max(0.0) * u64::MAX as f64
 }
 
 impl Observers {
@@ -256,5 +278,25 @@ impl Report {
             out.push(invoke);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_ratio_sampling_keeps_about_the_ratio() {
+        let n = 10_000u64;
+        let kept = (0..n)
+            .filter(|i| {
+                let mut id = [0u8; 16];
+                id[8..].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+                sampled(&id, 0.1)
+            })
+            .count();
+        assert!((900..1100).contains(&kept), "{kept}");
+        assert!(sampled(&[0xff; 16], 1.0));
+        assert!(!sampled(&[0xff; 16], 0.0));
     }
 }

@@ -236,10 +236,13 @@ impl Gateway {
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(TraceContext::parse);
-        let trace = incoming
-            .as_ref()
-            .map(|t| t.child())
-            .unwrap_or_else(TraceContext::new_root);
+        let trace = incoming.as_ref().map(|t| t.child()).unwrap_or_else(|| {
+            let mut root = TraceContext::new_root();
+            if !crate::observe::sampled(&root.trace_id, self.observers.root_sample_ratio) {
+                root.flags &= !1;
+            }
+            root
+        });
         let invoke_span: [u8; 8] = rand::random();
 
         // 2. Routing: the alias's rules, then its weights (sticky or random).

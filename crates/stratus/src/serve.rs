@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Export trace spans over OTLP/HTTP (protobuf) to this collector, e.g. http://127.0.0.1:4318.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// The share of new traces (requests without a traceparent) to sample, 0..=1; a caller's
+    /// sampling decision is always kept.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
     /// Require the admin bearer token on /metrics (open by default, like most exporters).
     #[arg(long, env = "STRATUS_METRICS_REQUIRE_TOKEN")]
     pub metrics_require_token: bool,
@@ -194,6 +198,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         ..LogConfig::default()
     };
     let hub = LogHub::start(logs.clone(), log_config, args.echo_logs);
+    if !(0.0..=1.0).contains(&args.trace_sample_ratio) {
+        anyhow::bail!(
+            "--trace-sample-ratio must be between 0 and 1, not {}",
+            args.trace_sample_ratio
+        );
+    }
     let tracer = match &args.otlp_endpoint {
         None => None,
         Some(url) => {
@@ -205,6 +215,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let observers = Observers {
         records: (!args.no_request_log).then(|| hub.clone() as Arc<dyn RequestSink>),
         tracer: tracer.clone(),
+        root_sample_ratio: args.trace_sample_ratio,
     };
     let sink: Arc<dyn LogSink> = hub.clone();
     // One runtime for every handler kind: lambda (your bootstrap), node and python (ours).
