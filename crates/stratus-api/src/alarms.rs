@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 use stratus_core::now_ms;
 use stratus_store::{AlarmMetric, AlarmNotification, AlarmOp, AlarmRecord, AlarmState, StoreError};
-use stratus_telemetry::stats::TrafficStats;
+use stratus_telemetry::stats::{TrafficStats, bucket_diff};
 use tokio::sync::mpsc;
 
 use crate::handlers::function;
@@ -44,12 +44,7 @@ impl Totals {
             errors: self.errors.saturating_sub(earlier.errors),
             throttled: self.throttled.saturating_sub(earlier.throttled),
             cold_starts: self.cold_starts.saturating_sub(earlier.cold_starts),
-            buckets: self
-                .buckets
-                .iter()
-                .enumerate()
-                .map(|(i, c)| c.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
-                .collect(),
+            buckets: bucket_diff(&self.buckets, &earlier.buckets),
         }
     }
 }

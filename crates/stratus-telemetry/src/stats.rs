@@ -119,18 +119,22 @@ pub struct StatsSnapshot {
     pub buckets: Vec<u64>,
 }
 
+/// Bucket counts between two snapshots of one histogram (`later - earlier`).
+pub fn bucket_diff(later: &[u64], earlier: &[u64]) -> Vec<u64> {
+    later
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.saturating_sub(earlier.get(i).copied().unwrap_or(0)))
+        .collect()
+}
+
 impl StatsSnapshot {
     /// What happened between `earlier` and this snapshot.
     pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
         StatsSnapshot {
             requests: self.requests.saturating_sub(earlier.requests),
             errors: self.errors.saturating_sub(earlier.errors),
-            buckets: self
-                .buckets
-                .iter()
-                .enumerate()
-                .map(|(i, c)| c.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
-                .collect(),
+            buckets: bucket_diff(&self.buckets, &earlier.buckets),
         }
     }
 
