@@ -23,36 +23,14 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stratus_bench import ensure_wrk, free_port, wait_port  # noqa: E402,F401  (shared bench helpers)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("STRATUS_BIN", os.path.join(REPO, "target/release/stratus"))
 DURATION = os.environ.get("DURATION", "10s")
 CONNS = os.environ.get("CONNS", "32")
 RUNS = int(os.environ.get("RUNS", "3"))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"port {port} never opened")
-
-
-def ensure_wrk():
-    if shutil.which("wrk"):
-        return
-    subprocess.run("apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null", shell=True, check=True)
 
 
 def wrk(url):

@@ -113,14 +113,11 @@ impl LambdaInstance {
     }
 
     pub(crate) fn kill_now(&self) {
-        self.conf.mark_stopping();
-        self.conf.kill_all();
+        self.conf.kill_now();
     }
 
-    /// Kills everything left and removes the cgroup, off the async threads.
     async fn release(&self) {
-        let conf = self.conf.clone();
-        let _ = tokio::task::spawn_blocking(move || conf.release()).await;
+        self.conf.release_blocking().await;
     }
 
     fn running(&self) -> bool {

@@ -2,8 +2,8 @@
 //! platform meant when it last signalled it, so an exit can be reported as what it was.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use stratus_core::Limits;
 use stratus_runtime::{ExitCause, RuntimeError};
@@ -99,6 +99,19 @@ impl Confinement {
     pub fn kill_all(&self) {
         self.signal(libc::SIGKILL);
         self.cg(|c| c.kill_all());
+    }
+
+    /// Stops the instance now, as the platform (so its exit is not counted as a crash).
+    pub fn kill_now(&self) {
+        self.mark_stopping();
+        self.kill_all();
+    }
+
+    /// [`Self::release`] off the async threads (rmdir of a cgroup waits for the kernel to
+    /// finish the killed processes).
+    pub async fn release_blocking(self: &Arc<Self>) {
+        let conf = self.clone();
+        let _ = tokio::task::spawn_blocking(move || conf.release()).await;
     }
 
     /// The platform is stopping the instance: its exit is not a crash.

@@ -106,15 +106,11 @@ impl ProcessInstance {
     }
 
     pub(crate) fn kill_now(&self) {
-        self.conf.mark_stopping();
-        self.conf.kill_all();
+        self.conf.kill_now();
     }
 
-    /// Kills everything left and removes the cgroup, off the async threads (rmdir waits for
-    /// the kernel to finish the killed processes).
     async fn release(&self) {
-        let conf = self.conf.clone();
-        let _ = tokio::task::spawn_blocking(move || conf.release()).await;
+        self.conf.release_blocking().await;
     }
 
     pub(crate) async fn probe(&self, path: &str) -> bool {
