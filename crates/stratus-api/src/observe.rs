@@ -28,6 +28,7 @@ pub(crate) fn register(r: ApiRoutes) -> ApiRoutes {
         .add("get", "/api/v1/functions/{name}/logs", get(logs))
         .add("get", "/api/v1/requests", get(requests))
         .add("get", "/api/v1/requests/{id}", get(request))
+        .add("get", "/api/v1/requests/{id}/capture", get(capture))
         .add("get", "/api/v1/summary", get(summary))
 }
 
@@ -357,6 +358,36 @@ async fn request(
     };
     let lines = lines_of(&*cp.logs, std::slice::from_ref(&record)).await?;
     Ok(Json(RequestWithLines { record, lines }))
+}
+
+/// A request's capture, each kept body also as `text` when it is UTF-8 (what people read; the
+/// base64 is what replay sends).
+async fn capture(
+    State(cp): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(capture) = cp.logs.get_capture(&id).await? else {
+        return Err(ApiError(PlatformError::new(
+            ErrorCode::CaptureNotFound,
+            format!(
+                "no capture of request {id:?}: its function has no [capture] in its manifest, \
+                 the request was not sampled, or the capture is past retention"
+            ),
+        )));
+    };
+    let mut v = serde_json::to_value(&capture).expect("captures serialize");
+    let texts = [
+        ("request", Some(&capture.request.body)),
+        ("response", capture.response.as_ref().map(|r| &r.body)),
+    ];
+    for (part, body) in texts {
+        if let Some(b) = body
+            && let Ok(text) = std::str::from_utf8(&b.bytes)
+        {
+            v[part]["body"]["text"] = serde_json::Value::String(text.to_string());
+        }
+    }
+    Ok(Json(v))
 }
 
 #[derive(Deserialize, Default)]

@@ -17,6 +17,7 @@ pub enum ErrorCode {
     RouteNotFound,
     InvocationNotFound,
     AlarmNotFound,
+    CaptureNotFound,
     Conflict,
     AliasInUse,
     NoHistory,
@@ -44,6 +45,7 @@ impl ErrorCode {
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::InvocationNotFound => "invocation_not_found",
             ErrorCode::AlarmNotFound => "alarm_not_found",
+            ErrorCode::CaptureNotFound => "capture_not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::AliasInUse => "alias_in_use",
             ErrorCode::NoHistory => "no_history",
@@ -67,7 +69,8 @@ impl ErrorCode {
             | ErrorCode::AliasNotFound
             | ErrorCode::RouteNotFound
             | ErrorCode::InvocationNotFound
-            | ErrorCode::AlarmNotFound => 404,
+            | ErrorCode::AlarmNotFound
+            | ErrorCode::CaptureNotFound => 404,
             ErrorCode::Conflict | ErrorCode::AliasInUse | ErrorCode::NoHistory => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Throttled => 429,

@@ -14,7 +14,7 @@ pub use error::{ErrorCode, PlatformError};
 pub use events::{AsyncSpec, Destination, EventSpec, TriggerSpec};
 pub use names::{AliasName, FunctionName, LATEST, NameError, Target, VersionNumber};
 pub use spec::{
-    Build, FunctionSpec, Health, HostPattern, Limits, RouteSpec, RuntimeKind, Scaling,
+    Build, CaptureSpec, FunctionSpec, Health, HostPattern, Limits, RouteSpec, RuntimeKind, Scaling,
     duration_serde,
 };
 pub use traffic::{

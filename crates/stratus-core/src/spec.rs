@@ -62,6 +62,10 @@ pub struct FunctionSpec {
     /// them.
     #[serde(default, skip_serializing_if = "EventSpec::is_empty")]
     pub events: EventSpec,
+    /// Opt-in capture of sampled full requests for `stratus replay` (the manifest's
+    /// `[capture]`); `None` captures nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureSpec>,
 }
 
 impl FunctionSpec {
@@ -201,6 +205,49 @@ pub struct RouteSpec {
     /// Optional `Host` the route is limited to (without port).
     pub host: Option<String>,
     pub alias: AliasName,
+}
+
+/// What the gateway keeps of a sampled request and its response, for replay. Redaction happens
+/// before anything is stored, so a redacted value never reaches the log store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    /// Share of requests captured, in (0, 1].
+    pub sample_rate: f64,
+    /// Bytes kept of each body (request and response); the rest is cut and the cut flagged.
+    pub max_body_bytes: u64,
+    /// Header names (lowercase) whose values are replaced, besides [`Self::ALWAYS_REDACTED`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact_headers: Vec<String>,
+    /// Field names whose values are replaced in query strings, form bodies and JSON bodies (at
+    /// any depth).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact_fields: Vec<String>,
+}
+
+impl CaptureSpec {
+    /// Credentials are never stored, whatever the manifest says.
+    pub const ALWAYS_REDACTED: &'static [&'static str] = &[
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    ];
+    /// What replaces a redacted value.
+    pub const REDACTED: &'static str = "[REDACTED]";
+    pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024;
+    /// The largest `capture.max_body`: captures live in the log store beside small records.
+    pub const MAX_MAX_BODY_BYTES: u64 = 1024 * 1024;
+
+    /// Whether a header's value is redacted (`name` in any case).
+    pub fn redacts_header(&self, name: &str) -> bool {
+        Self::ALWAYS_REDACTED
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+            || self
+                .redact_headers
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod capture;
 mod observe;
 mod proxy;
 mod server;

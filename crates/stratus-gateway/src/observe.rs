@@ -15,6 +15,7 @@ use stratus_runtime::{Body, BoxError, RequestSink};
 use stratus_store::{RequestRecord, Trigger, VersionRecord};
 use stratus_telemetry::trace::{AttrValue, SpanKind, SpanRecord, Tracer};
 
+use crate::capture::Capture;
 use crate::trace::TraceContext;
 
 /// The request's identity and its timeline through the gateway's stages.
@@ -39,6 +40,9 @@ pub(crate) struct Timeline {
     /// The platform's error code, when the platform answered.
     pub error: Option<&'static str>,
     pub bytes_in: Arc<AtomicU64>,
+    /// The request being captured for replay, when the function captures and this one was
+    /// sampled.
+    pub capture: Option<Box<Capture>>,
 }
 
 /// Where the gateway's request records and spans go.
@@ -104,6 +108,13 @@ impl HttpBody for Finished {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     self.bytes_out += d.len() as u64;
+                    if let Some(c) = self
+                        .report
+                        .as_mut()
+                        .and_then(|r| r.timeline.capture.as_mut())
+                    {
+                        c.response_data(d);
+                    }
                 }
             }
             Poll::Ready(None) => {
@@ -146,8 +157,18 @@ fn us(d: Duration) -> u64 {
 }
 
 impl Report {
-    pub(crate) fn emit(self, end: Instant, bytes_out: u64, ended: bool) {
+    pub(crate) fn emit(mut self, end: Instant, bytes_out: u64, ended: bool) {
+        let capture = self.timeline.capture.take();
         let t = &self.timeline;
+        let start_ms = (nanos(t.wall) / 1_000_000) as i64;
+        if let (Some(sink), Some(c)) = (&self.observers.records, capture) {
+            sink.capture(c.finish(
+                &t.request_id,
+                self.version.function.as_str(),
+                self.version.number.0,
+                start_ms,
+            ));
+        }
         let error = match t.error {
             Some(code) => Some(code.to_string()),
             None if !ended => Some("client_closed".to_string()),
@@ -166,7 +187,7 @@ impl Report {
                 trigger: Trigger::Http,
                 method: t.method.clone(),
                 path: t.path.clone(),
-                start_ms: (nanos(t.wall) / 1_000_000) as i64,
+                start_ms,
                 duration_us: us(end - t.started),
                 queue_us: us(queue_wait),
                 init_us: t.init.map(us),
@@ -179,9 +200,7 @@ impl Report {
         if let Some(tracer) = &self.observers.tracer
             && t.trace.flags & 1 == 1
         {
-            for span in self.spans(end, bytes_out, error) {
-                tracer.submit(span);
-            }
+            tracer.submit_all(self.spans(end, bytes_out, error));
         }
     }
 

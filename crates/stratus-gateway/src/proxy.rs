@@ -15,6 +15,7 @@ use stratus_telemetry::stats::{Outcome, ShadowRegistry, TrafficStats};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::body::{Leased, Limited};
+use crate::capture::Capture;
 use crate::observe::{Finished, Observers, Report, Timeline};
 use crate::shadow::{Hashed, PrimaryOutcome, Tee, run_mirror};
 use crate::trace::TraceContext;
@@ -174,7 +175,9 @@ impl Gateway {
     {
         let started = Instant::now();
         let (resp, served) = self.serve(req, peer).await;
-        let Some(served) = served else { return resp };
+        let Some(mut served) = served else {
+            return resp;
+        };
         let status = resp.status().as_u16();
         let elapsed = started.elapsed();
         self.stats.record_outcome(&Outcome {
@@ -185,6 +188,9 @@ impl Gateway {
             init: served.timeline.init,
             error: served.timeline.error,
         });
+        if let Some(c) = served.timeline.capture.as_mut() {
+            c.respond(status, resp.headers());
+        }
         let resp = if self.observers.any() {
             resp.map(|inner| {
                 Finished {
@@ -289,6 +295,7 @@ impl Gateway {
                 instance: String::new(),
                 error: None,
                 bytes_in: bytes_in.clone(),
+                capture: None,
             },
         };
 
@@ -360,6 +367,7 @@ impl Gateway {
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
+        let original_uri = std::mem::take(&mut parts.uri);
         parts.uri = match format!("{}{query}", resolved.path).parse() {
             Ok(u) => u,
             Err(e) => {
@@ -372,6 +380,23 @@ impl Gateway {
         };
         let h = &mut parts.headers;
         strip_hop_by_hop(h);
+        // The request as the client sent it, before the platform's own headers are added.
+        if let Some(cs) = spec.capture.as_ref()
+            && self.observers.records.is_some()
+            && rand::random::<f64>() < cs.sample_rate
+        {
+            let uri = original_uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            served.timeline.capture = Some(Box::new(Capture::start(
+                cs,
+                parts.method.as_str(),
+                uri,
+                format!("{}{query}", resolved.path),
+                h,
+            )));
+        }
         if let Some(host) = &host
             && let Ok(v) = HeaderValue::from_str(host)
         {
@@ -414,6 +439,9 @@ impl Gateway {
             counted: bytes_in,
         }
         .boxed_unsync();
+        if let Some(c) = &served.timeline.capture {
+            body = c.tap(body).boxed_unsync();
+        }
         if let Some(target) = resolved.shadow.filter(|s| random / 7 % 100 < s.percent) {
             body = self.start_mirror(target, &parts, body, &mut served);
         }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use stratus_core::{
-    AliasName, Build, FunctionName, FunctionSpec, Health, Limits, RouteSpec, RuntimeKind, Scaling,
+    AliasName, Build, CaptureSpec, FunctionName, FunctionSpec, Health, Limits, RouteSpec,
+    RuntimeKind, Scaling,
 };
 
 pub const CURRENT_MANIFEST_VERSION: u32 = 1;
@@ -46,6 +47,83 @@ pub struct Manifest {
     pub async_: Option<crate::events::AsyncToml>,
     #[serde(default)]
     pub triggers: Vec<crate::events::TriggerToml>,
+    /// Opt-in capture of sampled requests for `stratus replay`.
+    pub capture: Option<CaptureToml>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureToml {
+    /// Share of requests captured, in (0, 1]; every request when absent.
+    pub sample_rate: Option<f64>,
+    /// Bytes kept of each body (`"64KiB"` when absent, at most `"1MiB"`).
+    pub max_body: Option<String>,
+    /// Headers redacted besides `authorization`, `proxy-authorization`, `cookie`, `set-cookie`.
+    #[serde(default)]
+    pub redact_headers: Vec<String>,
+    /// Query, form and JSON field names redacted.
+    #[serde(default)]
+    pub redact_fields: Vec<String>,
+}
+
+impl CaptureToml {
+    fn validate(&self) -> Result<CaptureSpec, Invalid> {
+        let sample_rate = self.sample_rate.unwrap_or(1.0);
+        if !(sample_rate > 0.0 && sample_rate <= 1.0) {
+            return Err(invalid(
+                "capture.sample_rate",
+                format!("sample_rate must be greater than 0 and at most 1, got {sample_rate}"),
+            ));
+        }
+        let max_body_bytes = match &self.max_body {
+            None => CaptureSpec::DEFAULT_MAX_BODY_BYTES,
+            Some(s) => parse_size(s).ok_or_else(|| {
+                invalid(
+                    "capture.max_body",
+                    format!("invalid size \"{s}\": write a number and a unit, like \"64KiB\""),
+                )
+            })?,
+        };
+        if max_body_bytes > CaptureSpec::MAX_MAX_BODY_BYTES {
+            return Err(invalid(
+                "capture.max_body",
+                format!(
+                    "max_body is at most 1MiB ({} bytes), got {max_body_bytes} bytes",
+                    CaptureSpec::MAX_MAX_BODY_BYTES
+                ),
+            ));
+        }
+        let mut redact_headers = Vec::new();
+        for h in &self.redact_headers {
+            if http_token(h).is_none() {
+                return Err(invalid(
+                    "capture.redact_headers",
+                    format!("\"{h}\" is not a header name"),
+                ));
+            }
+            redact_headers.push(h.to_ascii_lowercase());
+        }
+        if let Some(f) = self.redact_fields.iter().find(|f| f.is_empty()) {
+            return Err(invalid(
+                "capture.redact_fields",
+                format!("\"{f}\": a field name cannot be empty"),
+            ));
+        }
+        Ok(CaptureSpec {
+            sample_rate,
+            max_body_bytes,
+            redact_headers,
+            redact_fields: self.redact_fields.clone(),
+        })
+    }
+}
+
+/// A header name is an RFC 9110 token.
+fn http_token(s: &str) -> Option<&str> {
+    let ok = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    ok.then_some(s)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -409,6 +487,11 @@ impl Manifest {
                 &self.async_,
                 &self.triggers,
             )?,
+            capture: self
+                .capture
+                .as_ref()
+                .map(CaptureToml::validate)
+                .transpose()?,
         })
     }
 }

@@ -341,6 +341,7 @@ mod tests {
                 routes,
                 build: Build::default(),
                 events: Default::default(),
+                capture: None,
             },
             artifact: String::new(),
             artifact_size: 0,

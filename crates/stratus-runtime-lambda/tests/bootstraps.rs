@@ -78,6 +78,7 @@ fn prepared(f: &Fixture, runtime: RuntimeKind, handler: &str) -> PreparedVersion
             handler: Some(handler.into()),
             ..EventSpec::default()
         },
+        capture: None,
     };
     PreparedVersion {
         spec: Arc::new(spec),

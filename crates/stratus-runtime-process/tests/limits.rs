@@ -87,6 +87,7 @@ fn prepared(dir: &std::path::Path, limits: Limits) -> PreparedVersion {
         routes: vec![],
         build: Build::default(),
         events: Default::default(),
+        capture: None,
     };
     PreparedVersion {
         spec: Arc::new(spec),

@@ -51,6 +51,7 @@ fn prepared(dir: &std::path::Path, command: &[&str], env: &[(&str, &str)]) -> Pr
         routes: vec![],
         build: Build::default(),
         events: Default::default(),
+        capture: None,
     };
     PreparedVersion {
         spec: Arc::new(spec),

@@ -121,6 +121,7 @@ fn spec(limits: Limits, env: &[(&str, &str)]) -> FunctionSpec {
         routes: vec![],
         build: Build::default(),
         events: Default::default(),
+        capture: None,
     }
 }
 

@@ -76,6 +76,10 @@ pub trait LogSink: Send + Sync + 'static {
 /// the request path: implementations queue with `try_send` and count what they drop.
 pub trait RequestSink: Send + Sync + 'static {
     fn record(&self, record: RequestRecord);
+    /// A captured request and its response (the manifest's `[capture]`), already redacted.
+    fn capture(&self, capture: stratus_store::CaptureRecord) {
+        drop(capture);
+    }
 }
 
 /// A version made ready to start instances from.

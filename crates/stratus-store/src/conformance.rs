@@ -11,9 +11,10 @@ use stratus_core::{
 };
 
 use crate::{
-    AlarmMetric, AlarmNotification, AlarmOp, AlarmRecord, AlarmState, ChangeReason, LogLine,
-    LogQuery, LogStore, LogStream, Metastore, NewVersion, Release, ReleaseState, RequestQuery,
-    RequestRecord, StatusFilter, StoreError, SummaryQuery, Trigger,
+    AlarmMetric, AlarmNotification, AlarmOp, AlarmRecord, AlarmState, CaptureRecord, CapturedBody,
+    CapturedRequest, CapturedResponse, ChangeReason, LogLine, LogQuery, LogStore, LogStream,
+    Metastore, NewVersion, Release, ReleaseState, RequestQuery, RequestRecord, StatusFilter,
+    StoreError, SummaryQuery, Trigger,
 };
 
 fn spec(name: &str) -> FunctionSpec {
@@ -28,6 +29,7 @@ fn spec(name: &str) -> FunctionSpec {
         routes: vec![],
         build: Build::default(),
         events: Default::default(),
+        capture: None,
     }
 }
 
@@ -444,6 +446,70 @@ pub async fn logstore(store: &dyn LogStore) {
     );
 
     requests(store).await;
+    captures(store).await;
+}
+
+/// Captures: stored whole (bodies as bytes), found by request id (the newest of a reused id),
+/// pruned by age and then by size, oldest first.
+async fn captures(store: &dyn LogStore) {
+    let cap = |id: &str, at: i64, body: &[u8]| CaptureRecord {
+        request_id: id.into(),
+        function: "cap-f".into(),
+        version: 3,
+        at_ms: at,
+        request: CapturedRequest {
+            method: "POST".into(),
+            uri: "/fn/cap-f/orders?x=1".into(),
+            forward_uri: "/orders?x=1".into(),
+            headers: vec![
+                ("content-type".into(), "application/octet-stream".into()),
+                ("x-two".into(), "a".into()),
+                ("x-two".into(), "b".into()),
+            ],
+            body: CapturedBody {
+                bytes: body.to_vec(),
+                size: body.len() as u64 + 10,
+                truncated: true,
+                dropped: None,
+            },
+        },
+        response: Some(CapturedResponse {
+            status: 201,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: CapturedBody {
+                bytes: b"made".to_vec(),
+                size: 4,
+                truncated: false,
+                dropped: None,
+            },
+        }),
+    };
+    assert_eq!(store.get_capture("cap-none").await.unwrap(), None);
+    let binary = [0u8, 255, 1, 254, b'\n'];
+    let first = cap("cap-1", 1_000, &binary);
+    store
+        .append_captures(vec![first.clone(), cap("cap-2", 2_000, &[7; 100])])
+        .await
+        .unwrap();
+    assert_eq!(store.get_capture("cap-1").await.unwrap(), Some(first));
+    let mut reused = cap("cap-1", 3_000, b"again");
+    reused.response = None;
+    store.append_captures(vec![reused.clone()]).await.unwrap();
+    assert_eq!(
+        store.get_capture("cap-1").await.unwrap(),
+        Some(reused.clone()),
+        "a reused id finds the newest"
+    );
+    // By age: the capture at 1,000 goes.
+    assert_eq!(store.prune_captures(1_500, u64::MAX).await.unwrap(), 1);
+    assert!(store.get_capture("cap-2").await.unwrap().is_some());
+    // By size: only the newest fits.
+    let budget = reused.stored_bytes();
+    assert_eq!(store.prune_captures(0, budget).await.unwrap(), 1);
+    assert_eq!(store.get_capture("cap-2").await.unwrap(), None);
+    assert_eq!(store.get_capture("cap-1").await.unwrap(), Some(reused));
+    assert_eq!(store.prune_captures(0, 0).await.unwrap(), 1);
+    assert_eq!(store.get_capture("cap-1").await.unwrap(), None);
 }
 
 /// Request records: every filter, the grep through a request's own lines, tailing and pruning.

@@ -11,6 +11,7 @@
 //! feed the router rebuilds its table from.
 #![forbid(unsafe_code)]
 
+mod capture;
 pub mod conformance;
 pub mod events;
 mod records;
@@ -23,6 +24,7 @@ use stratus_core::{
 };
 use tokio::io::AsyncRead;
 
+pub use capture::{CaptureRecord, CapturedBody, CapturedRequest, CapturedResponse};
 pub use events::{AttemptError, EventStore, Invocation, InvocationState, NewInvocation, Outcome};
 pub use records::*;
 
@@ -229,4 +231,11 @@ pub trait LogStore: Send + Sync + 'static {
     /// Deletes lines and request records older than `before_ms`, and the oldest of each beyond
     /// `max_lines`.
     async fn prune(&self, before_ms: i64, max_lines: u64) -> Result<u64>;
+    /// Stores captured requests (written in batches by the telemetry writer).
+    async fn append_captures(&self, captures: Vec<CaptureRecord>) -> Result<()>;
+    /// The newest capture of this request id, if one was kept.
+    async fn get_capture(&self, request_id: &str) -> Result<Option<CaptureRecord>>;
+    /// Deletes captures older than `before_ms`, then the oldest until the rest hold at most
+    /// `max_bytes` (bodies and headers). Returns how many went.
+    async fn prune_captures(&self, before_ms: i64, max_bytes: u64) -> Result<u64>;
 }

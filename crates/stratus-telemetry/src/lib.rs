@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use stratus_core::now_ms;
 use stratus_runtime::{LogSink, RequestSink};
-use stratus_store::{LogLine, LogStore, RequestRecord};
+use stratus_store::{CaptureRecord, LogLine, LogStore, RequestRecord};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Clone)]
@@ -28,6 +28,8 @@ pub struct LogConfig {
     pub flush_every: Duration,
     pub retention: Duration,
     pub max_lines: u64,
+    /// Bytes of captured requests kept (bodies and headers); the oldest go first.
+    pub capture_max_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -38,6 +40,7 @@ impl Default for LogConfig {
             flush_every: Duration::from_millis(100),
             retention: Duration::from_secs(7 * 24 * 3600),
             max_lines: 1_000_000,
+            capture_max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -45,6 +48,7 @@ impl Default for LogConfig {
 enum Entry {
     Line(LogLine),
     Request(Box<RequestRecord>),
+    Capture(Box<CaptureRecord>),
 }
 
 pub struct LogHub {
@@ -109,6 +113,12 @@ impl RequestSink for LogHub {
             self.dropped_records.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    fn capture(&self, capture: CaptureRecord) {
+        if self.tx.try_send(Entry::Capture(Box::new(capture))).is_err() {
+            self.dropped_records.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 async fn writer(store: Arc<dyn LogStore>, mut rx: mpsc::Receiver<Entry>, config: LogConfig) {
@@ -132,11 +142,18 @@ async fn writer(store: Arc<dyn LogStore>, mut rx: mpsc::Receiver<Entry>, config:
                 }
                 let mut lines = Vec::with_capacity(batch.len());
                 let mut records = Vec::new();
+                let mut captures = Vec::new();
                 for e in batch.drain(..) {
                     match e {
                         Entry::Line(l) => lines.push(l),
                         Entry::Request(r) => records.push(*r),
+                        Entry::Capture(c) => captures.push(*c),
                     }
+                }
+                if !captures.is_empty()
+                    && let Err(e) = store.append_captures(captures).await
+                {
+                    tracing::error!("dropping a batch of captured requests: {e}");
                 }
                 // Records first: a reader that finds a line by request id finds its record.
                 if !records.is_empty()
@@ -154,6 +171,9 @@ async fn writer(store: Arc<dyn LogStore>, mut rx: mpsc::Receiver<Entry>, config:
                 let before = now_ms() - config.retention.as_millis() as i64;
                 if let Err(e) = store.prune(before, config.max_lines).await {
                     tracing::warn!("log retention failed: {e}");
+                }
+                if let Err(e) = store.prune_captures(before, config.capture_max_bytes).await {
+                    tracing::warn!("capture retention failed: {e}");
                 }
             }
         }

@@ -59,7 +59,9 @@ pub struct TraceConfig {
     /// already ends with it.
     pub endpoint: String,
     pub service_name: String,
+    /// Requests whose spans may wait for export (each request's spans are one entry).
     pub buffer: usize,
+    /// Requests' spans per export POST.
     pub batch: usize,
     pub flush_every: Duration,
 }
@@ -85,8 +87,11 @@ impl TraceConfig {
     }
 }
 
+/// A request's spans travel together: one queue entry and one wake-up per request, not per span.
+type SpanGroup = Vec<SpanRecord>;
+
 pub struct Tracer {
-    tx: mpsc::Sender<SpanRecord>,
+    tx: mpsc::Sender<SpanGroup>,
     dropped: Arc<AtomicU64>,
     exported: Arc<AtomicU64>,
 }
@@ -117,8 +122,14 @@ impl Tracer {
 
     /// Queues a finished span; never waits.
     pub fn submit(&self, span: SpanRecord) {
-        if self.tx.try_send(span).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.submit_all(vec![span]);
+    }
+
+    /// Queues one request's finished spans as one entry; never waits.
+    pub fn submit_all(&self, spans: Vec<SpanRecord>) {
+        let n = spans.len() as u64;
+        if self.tx.try_send(spans).is_err() {
+            self.dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -134,29 +145,29 @@ impl Tracer {
 async fn export(
     config: TraceConfig,
     url: http::Uri,
-    mut rx: mpsc::Receiver<SpanRecord>,
+    mut rx: mpsc::Receiver<SpanGroup>,
     dropped: Arc<AtomicU64>,
     exported: Arc<AtomicU64>,
 ) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    let mut batch = Vec::with_capacity(config.batch);
+    let mut groups: Vec<SpanGroup> = Vec::with_capacity(config.batch);
     loop {
-        if rx.recv_many(&mut batch, config.batch).await == 0 {
+        if rx.recv_many(&mut groups, config.batch).await == 0 {
             return;
         }
-        if batch.len() < config.batch {
+        if groups.len() < config.batch {
             tokio::time::sleep(config.flush_every).await;
-            while batch.len() < config.batch {
+            while groups.len() < config.batch {
                 match rx.try_recv() {
-                    Ok(s) => batch.push(s),
+                    Ok(g) => groups.push(g),
                     Err(_) => break,
                 }
             }
         }
+        let batch: Vec<SpanRecord> = groups.drain(..).flatten().collect();
         let n = batch.len() as u64;
-        let body = Bytes::from(encode(&config.service_name, &batch).encode_to_vec());
-        batch.clear();
+        let body = Bytes::from(encode(&config.service_name, batch).encode_to_vec());
         let mut sent = false;
         for attempt in 0..3u32 {
             let req = http::Request::post(url.clone())
@@ -191,13 +202,13 @@ async fn export(
     }
 }
 
-fn encode(service: &str, spans: &[SpanRecord]) -> pb::ExportTraceServiceRequest {
+fn encode(service: &str, spans: Vec<SpanRecord>) -> pb::ExportTraceServiceRequest {
     pb::ExportTraceServiceRequest {
         resource_spans: vec![pb::ResourceSpans {
             resource: Some(pb::Resource {
                 attributes: vec![
-                    kv("service.name", &AttrValue::Str(service.into())),
-                    kv("cloud.provider", &AttrValue::Str("stratus".into())),
+                    kv("service.name", AttrValue::Str(service.into())),
+                    kv("cloud.provider", AttrValue::Str("stratus".into())),
                 ],
             }),
             scope_spans: vec![pb::ScopeSpans {
@@ -205,17 +216,17 @@ fn encode(service: &str, spans: &[SpanRecord]) -> pb::ExportTraceServiceRequest 
                     name: "stratus-gateway".into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                 }),
-                spans: spans.iter().map(span).collect(),
+                spans: spans.into_iter().map(span).collect(),
             }],
         }],
     }
 }
 
-fn kv(key: &str, v: &AttrValue) -> pb::KeyValue {
+fn kv(key: &str, v: AttrValue) -> pb::KeyValue {
     let value = match v {
-        AttrValue::Str(s) => pb::any_value::Value::StringValue(s.clone()),
-        AttrValue::Int(i) => pb::any_value::Value::IntValue(*i),
-        AttrValue::Bool(b) => pb::any_value::Value::BoolValue(*b),
+        AttrValue::Str(s) => pb::any_value::Value::StringValue(s),
+        AttrValue::Int(i) => pb::any_value::Value::IntValue(i),
+        AttrValue::Bool(b) => pb::any_value::Value::BoolValue(b),
     };
     pb::KeyValue {
         key: key.into(),
@@ -223,24 +234,25 @@ fn kv(key: &str, v: &AttrValue) -> pb::KeyValue {
     }
 }
 
-fn span(s: &SpanRecord) -> pb::Span {
+/// Moves the span's strings into the message (no copies).
+fn span(s: SpanRecord) -> pb::Span {
     pb::Span {
         trace_id: s.trace_id.to_vec(),
         span_id: s.span_id.to_vec(),
-        trace_state: s.trace_state.clone(),
+        trace_state: s.trace_state,
         parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        name: s.name.clone(),
+        name: s.name,
         kind: s.kind as i32,
         start_time_unix_nano: s.start_unix_nanos,
         end_time_unix_nano: s.end_unix_nanos,
-        attributes: s.attributes.iter().map(|(k, v)| kv(k, v)).collect(),
-        status: Some(match &s.error {
+        attributes: s.attributes.into_iter().map(|(k, v)| kv(k, v)).collect(),
+        status: Some(match s.error {
             None => pb::Status {
                 message: String::new(),
                 code: 0,
             },
             Some(why) => pb::Status {
-                message: why.clone(),
+                message: why,
                 code: 2,
             },
         }),
@@ -367,7 +379,7 @@ mod tests {
 
     #[test]
     fn our_bytes_decode_as_the_official_otlp_messages() {
-        let bytes = encode("stratus", &[sample(Some("overloaded"))]).encode_to_vec();
+        let bytes = encode("stratus", vec![sample(Some("overloaded"))]).encode_to_vec();
         let got = Official::decode(bytes.as_slice()).expect("valid OTLP");
         let rs = &got.resource_spans[0];
         let service = &rs.resource.as_ref().unwrap().attributes[0];

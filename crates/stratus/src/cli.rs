@@ -127,6 +127,14 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Re-send a captured request (functions with `[capture]`) to any version, or to a local
+    /// dev server, and show the captured response beside the new one.
+    Replay {
+        #[command(flatten)]
+        args: crate::replay::ReplayArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// A live view across all functions: rate, errors, p50/p99, instances, cold starts.
     Top {
         /// The window each row adds up, ending now.
@@ -427,6 +435,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             client(&c)?.stream_logs(&name, &q, c.json).await
         }
+        Command::Replay { args, client: c } => crate::replay::run(args, &c).await,
         Command::Top {
             window,
             interval,

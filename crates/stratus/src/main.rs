@@ -14,6 +14,7 @@ mod dev;
 mod init;
 mod invoke;
 mod output;
+mod replay;
 mod serve;
 mod top;
 

@@ -6,11 +6,15 @@ use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 use stratus_store::{
-    LogLine, LogQuery, LogStore, LogStream, RequestQuery, RequestRecord, RequestSummary, Result,
-    SummaryQuery, Trigger,
+    CaptureRecord, LogLine, LogQuery, LogStore, LogStream, RequestQuery, RequestRecord,
+    RequestSummary, Result, SummaryQuery, Trigger,
 };
 
 use super::{SqliteStore, db};
+
+fn json_err(e: serde_json::Error) -> stratus_store::StoreError {
+    stratus_store::StoreError::Backend(format!("capture record: {e}"))
+}
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS logs (
@@ -48,6 +52,16 @@ CREATE INDEX IF NOT EXISTS requests_by_function ON requests(function, id);
 CREATE INDEX IF NOT EXISTS requests_by_start ON requests(start_ms);
 CREATE INDEX IF NOT EXISTS requests_by_request_id ON requests(request_id);
 CREATE INDEX IF NOT EXISTS requests_by_trace_id ON requests(trace_id);
+CREATE TABLE IF NOT EXISTS captures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    function TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS captures_by_request_id ON captures(request_id);
+CREATE INDEX IF NOT EXISTS captures_by_at ON captures(at_ms);
 "#;
 
 /// Creates the tables, and brings a database from before request records up to date.
@@ -349,6 +363,73 @@ impl LogStore for SqliteStore {
                 s.throttled += n(5)?;
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn append_captures(&self, captures: Vec<CaptureRecord>) -> Result<()> {
+        let rows = captures
+            .iter()
+            .map(|c| Ok((c, c.stored_bytes() as i64, serde_json::to_string(c)?)))
+            .collect::<std::result::Result<Vec<_>, serde_json::Error>>()
+            .map_err(json_err)?
+            .into_iter()
+            .map(|(c, n, json)| (c.request_id.clone(), c.function.clone(), c.at_ms, n, json))
+            .collect::<Vec<_>>();
+        self.with(move |c| {
+            let tx = c.transaction().map_err(db)?;
+            {
+                let mut st = tx
+                    .prepare_cached("INSERT INTO captures (request_id, function, at_ms, bytes, record) VALUES (?1, ?2, ?3, ?4, ?5)")
+                    .map_err(db)?;
+                for (id, function, at, n, json) in &rows {
+                    st.execute(params![id, function, at, n, json]).map_err(db)?;
+                }
+            }
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn get_capture(&self, request_id: &str) -> Result<Option<CaptureRecord>> {
+        let id = request_id.to_string();
+        let json: Option<String> = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT record FROM captures WHERE request_id = ?1 ORDER BY id DESC LIMIT 1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(db(e)),
+                })
+            })
+            .await?;
+        json.map(|j| serde_json::from_str(&j).map_err(json_err))
+            .transpose()
+    }
+
+    async fn prune_captures(&self, before_ms: i64, max_bytes: u64) -> Result<u64> {
+        let max_bytes = max_bytes.min(i64::MAX as u64) as i64;
+        self.with(move |c| {
+            let tx = c.transaction().map_err(db)?;
+            let mut n = tx
+                .execute("DELETE FROM captures WHERE at_ms < ?1", params![before_ms])
+                .map_err(db)?;
+            // The newest captures whose running total fits stay; everything older goes.
+            n += tx
+                .execute(
+                    "DELETE FROM captures WHERE id <= (
+                        SELECT id FROM (
+                            SELECT id, SUM(bytes) OVER (ORDER BY id DESC) AS total FROM captures
+                        ) WHERE total > ?1 ORDER BY id DESC LIMIT 1)",
+                    params![max_bytes],
+                )
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(n as u64)
         })
         .await
     }

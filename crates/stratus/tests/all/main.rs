@@ -4,6 +4,7 @@
 mod harness;
 
 mod api;
+mod capture;
 mod deploy;
 mod events;
 mod examples;
