@@ -72,6 +72,10 @@ PRAGMA user_version = 1;
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     changes: Arc<watch::Sender<u64>>,
+    /// The event queue's group commit (see `events`), started on first use.
+    queue: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<events::Op>>>,
+    /// Transactions the group commit ran (tests check that writes were grouped).
+    queue_commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub(crate) fn db(e: rusqlite::Error) -> StoreError {
@@ -101,6 +105,8 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             changes: Arc::new(watch::channel(0).0),
+            queue: Arc::default(),
+            queue_commits: Arc::default(),
         })
     }
 

@@ -2,8 +2,11 @@
 //!
 //! The embedded default keeps both in the SQLite database; a message-queue backend (RocketMQ
 //! protocol, NATS JetStream) implements the same trait, so delivery (retries, destinations,
-//! dead letters) stays one code path above it. Every call is one transaction, and [`conformance`]
-//! holds each backend to the same contract.
+//! dead letters) stays one code path above it. Every call is atomic and durable when it returns,
+//! and [`conformance`] holds each backend to the same contract. A backend may commit several
+//! concurrent calls together (the SQLite one groups the enqueues, claims and completions waiting
+//! for its connection into one transaction), as long as each call answers only after its own
+//! writes are committed and a failing call undoes only itself.
 //!
 //! Delivery is at least once: an invocation is *claimed* by one owner (a node) before it runs and
 //! *completed* after; a node that died with claims (`kill -9`) gets them back with
