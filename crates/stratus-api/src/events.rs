@@ -76,17 +76,23 @@ async fn invoke(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .or_else(|| Some("application/json".into()));
+    // The caller's trace continues into every attempt (W3C trace context).
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let kind = headers
         .get(INVOCATION_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("RequestResponse");
     match kind {
         "Event" => {
-            let id = engine.submit(&f, &target, body, content_type).await?;
+            let id = engine
+                .submit(&f, &target, body, content_type, traceparent)
+                .await?;
             Ok((StatusCode::ACCEPTED, Json(json!({"invocation_id": id}))).into_response())
         }
         "RequestResponse" => {
-            let r = engine.invoke_sync(&f, &target, body, content_type).await?;
+            let r = engine
+                .invoke_sync(&f, &target, body, content_type, traceparent)
+                .await?;
             let mut resp = (
                 StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY),
                 r.body,

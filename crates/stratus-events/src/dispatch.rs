@@ -204,11 +204,13 @@ impl Engine {
             source: format!("stratus/function/{}", inv.function),
             created_at: now,
             not_before: now,
+            traceparent: inv.traceparent.clone(),
         })
     }
 
     async fn post_webhook(&self, url: &str, inv: &Invocation) -> Result<(u16, String), String> {
-        let mut req = crate::mapping::cloud_event(inv);
+        let (traceparent, _) = crate::mapping::attempt_trace(inv);
+        let mut req = crate::mapping::cloud_event(inv, &traceparent);
         *req.uri_mut() = url
             .parse()
             .map_err(|e| format!("bad webhook URL {url}: {e}"))?;

@@ -163,6 +163,7 @@ impl Engine {
         target: &str,
         payload: Bytes,
         content_type: Option<String>,
+        traceparent: Option<&str>,
     ) -> Result<String, EventsError> {
         self.check_target(function, target)?;
         let now = now_ms();
@@ -179,6 +180,7 @@ impl Engine {
                 source: "stratus/api".into(),
                 created_at: now,
                 not_before: now,
+                traceparent: traceparent.and_then(mapping::valid_traceparent),
             })
             .await?;
         self.wake.notify_one();
@@ -198,7 +200,8 @@ impl Engine {
         let started = std::time::Instant::now();
         let start_ms = now_ms();
         let mut seen = Seen::default();
-        let result = self.try_invoke_seen(inv, &mut seen).await;
+        let (traceparent, trace_id) = mapping::attempt_trace(inv);
+        let result = self.try_invoke_seen(inv, &traceparent, &mut seen).await;
         if let (Some(sink), Some(version)) = (self.records.get(), seen.version) {
             let (status, error) = match &result {
                 Ok(r) => (
@@ -215,7 +218,7 @@ impl Engine {
             sink.record(stratus_store::RequestRecord {
                 id: 0,
                 request_id: inv.id.clone(),
-                trace_id: String::new(),
+                trace_id,
                 function: inv.function.clone(),
                 version,
                 instance: seen.instance,
@@ -242,6 +245,7 @@ impl Engine {
     async fn try_invoke_seen(
         &self,
         inv: &Invocation,
+        traceparent: &str,
         seen: &mut Seen,
     ) -> Result<Response, Attempt> {
         let t = Target::parse(&inv.target)
@@ -280,7 +284,7 @@ impl Engine {
         let run = async {
             let resp = lease
                 .instance()
-                .handle(mapping::cloud_event(inv))
+                .handle(mapping::cloud_event(inv, traceparent))
                 .await
                 .map_err(|e| PlatformError::new(ErrorCode::UpstreamError, e.to_string()))?;
             let (parts, body) = resp.into_parts();
@@ -319,6 +323,7 @@ impl Engine {
         target: &str,
         payload: Bytes,
         content_type: Option<String>,
+        traceparent: Option<&str>,
     ) -> Result<Response, PlatformError> {
         self.check_target(function, target)?;
         let now = now_ms();
@@ -340,6 +345,7 @@ impl Engine {
             status: None,
             errors: vec![],
             owner: None,
+            traceparent: traceparent.and_then(mapping::valid_traceparent),
         };
         self.invoke_once(&inv).await
     }

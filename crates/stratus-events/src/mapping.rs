@@ -13,9 +13,64 @@ fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// `POST /` with the payload as the body and the event's attributes as `ce-*` headers; marked
-/// [`DirectEvent`] so handler runtimes pass the payload to the handler as the event.
-pub fn cloud_event(inv: &Invocation) -> http::Request<Body> {
+/// A W3C `traceparent` as the spec allows it (version 00 layout, lowercase hex, non-zero ids),
+/// or `None`: an invalid one is ignored, never stored.
+pub fn valid_traceparent(h: &str) -> Option<String> {
+    let h = h.trim();
+    let parts: Vec<&str> = h.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    match parts.as_slice() {
+        [v, t, s, f, ..]
+            if hex(v, 2)
+                && *v != "ff"
+                && (*v != "00" || parts.len() == 4)
+                && hex(t, 32)
+                && nonzero(t)
+                && hex(s, 16)
+                && nonzero(s)
+                && hex(f, 2) =>
+        {
+            Some(format!("00-{t}-{s}-{f}"))
+        }
+        _ => None,
+    }
+}
+
+/// The trace an attempt of `inv` runs in, as (the `traceparent` sent to the function, its trace
+/// id): the stored trace with a new span id, or, for an invocation nobody traced (a timer fire),
+/// a trace named after the invocation, so all its attempts share one trace.
+pub fn attempt_trace(inv: &Invocation) -> (String, String) {
+    let span = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+    if let Some(tp) = inv.traceparent.as_deref().and_then(valid_traceparent) {
+        let mut p = tp.split('-');
+        let (_, trace, _, flags) = (
+            p.next(),
+            p.next().unwrap_or_default(),
+            p.next(),
+            p.next().unwrap_or("01"),
+        );
+        return (format!("00-{trace}-{span}-{flags}"), trace.to_string());
+    }
+    let named = inv
+        .id
+        .strip_prefix("inv-")
+        .filter(|h| {
+            h.len() == 32
+                && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                && h.bytes().any(|b| b != b'0')
+        })
+        .map(str::to_string);
+    let trace = named.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    (format!("00-{trace}-{span}-01"), trace)
+}
+
+/// `POST /` with the payload as the body and the event's attributes as `ce-*` headers (and the
+/// attempt's `traceparent`, CloudEvents' distributed tracing extension); marked [`DirectEvent`]
+/// so handler runtimes pass the payload to the handler as the event.
+pub fn cloud_event(inv: &Invocation, traceparent: &str) -> http::Request<Body> {
     let mut b = http::Request::post("/")
         .header("host", "localhost")
         .header("ce-specversion", "1.0")
@@ -23,7 +78,8 @@ pub fn cloud_event(inv: &Invocation) -> http::Request<Body> {
         .header("ce-type", &inv.event_type)
         .header("ce-source", &inv.source)
         .header("ce-time", rfc3339(inv.created_at))
-        .header("x-request-id", &inv.id);
+        .header("x-request-id", &inv.id)
+        .header("traceparent", traceparent);
     if let Some(ct) = &inv.content_type {
         b = b.header("content-type", ct);
     }
@@ -111,12 +167,16 @@ mod tests {
             status: None,
             errors: vec![],
             owner: None,
+            traceparent: None,
         }
     }
 
     #[test]
     fn invocations_are_binary_mode_cloud_events() {
-        let r = cloud_event(&inv());
+        let r = cloud_event(
+            &inv(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
         let h = |n: &str| r.headers()[n].to_str().unwrap().to_string();
         assert_eq!(r.method(), http::Method::POST);
         assert_eq!(h("ce-specversion"), "1.0");
@@ -125,7 +185,56 @@ mod tests {
         assert_eq!(h("ce-source"), "stratus/timer/f");
         assert_eq!(h("ce-time"), "2023-11-14T22:13:20.000Z");
         assert_eq!(h("content-type"), "application/json");
+        assert_eq!(
+            h("traceparent"),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
         assert!(r.extensions().get::<DirectEvent>().is_some());
+    }
+
+    #[test]
+    fn attempts_continue_the_stored_trace_with_a_new_span() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traced = Invocation {
+            traceparent: Some(tp.into()),
+            ..inv()
+        };
+        let (a, trace) = attempt_trace(&traced);
+        let (b, _) = attempt_trace(&traced);
+        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(a.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && a.ends_with("-01"));
+        assert_ne!(a, b, "each attempt is a span of its own");
+        assert_ne!(&a[36..52], "00f067aa0ba902b7");
+        assert_eq!(valid_traceparent(&a).as_deref(), Some(a.as_str()));
+        // Untraced: the invocation names its trace, the same for every attempt.
+        let named = Invocation {
+            id: "inv-0123456789abcdef0123456789abcdef".into(),
+            ..inv()
+        };
+        assert_eq!(attempt_trace(&named).1, "0123456789abcdef0123456789abcdef");
+        assert_eq!(attempt_trace(&named).1, attempt_trace(&named).1);
+        assert_eq!(attempt_trace(&inv()).1.len(), 32);
+    }
+
+    #[test]
+    fn invalid_traceparents_are_ignored() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(valid_traceparent(bad), None, "{bad}");
+        }
+        // A later version may add fields; its first four are read.
+        assert_eq!(
+            valid_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
+                .as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
     }
 
     #[test]

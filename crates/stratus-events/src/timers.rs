@@ -56,6 +56,7 @@ pub fn fire_invocation(function: &str, key: &str, payload: &str, at: i64) -> New
         source: format!("stratus/timer/{function}"),
         created_at: at,
         not_before: now_ms(),
+        traceparent: None,
     }
 }
 

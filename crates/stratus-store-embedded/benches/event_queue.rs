@@ -30,6 +30,7 @@ fn inv(id: String) -> NewInvocation {
         source: "stratus/api".into(),
         created_at: now,
         not_before: now,
+        traceparent: None,
     }
 }
 

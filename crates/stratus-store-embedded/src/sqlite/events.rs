@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS invocations (
     result TEXT,
     status INTEGER,
     errors TEXT NOT NULL,
-    owner TEXT
+    owner TEXT,
+    traceparent TEXT
 );
 DROP INDEX IF EXISTS invocations_due;
 DROP INDEX IF EXISTS invocations_by_function;
@@ -54,7 +55,20 @@ CREATE TABLE IF NOT EXISTS timers (
 );
 "#;
 
-const COLUMNS: &str = "id, function, target, webhook, payload, content_type, event_type, source, state, attempts, created_at, updated_at, next_at, result, status, errors, owner";
+/// Brings an invocations table from before trace propagation up to date.
+pub(crate) fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has: i64 = c.query_row(
+        "SELECT count(*) FROM pragma_table_info('invocations') WHERE name = 'traceparent'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has == 0 {
+        c.execute_batch("ALTER TABLE invocations ADD COLUMN traceparent TEXT")?;
+    }
+    Ok(())
+}
+
+const COLUMNS: &str = "id, function, target, webhook, payload, content_type, event_type, source, state, attempts, created_at, updated_at, next_at, result, status, errors, owner, traceparent";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<Invocation> {
     let errors: String = r.get(15)?;
@@ -76,16 +90,17 @@ fn row(r: &Row<'_>) -> rusqlite::Result<Invocation> {
         status: r.get(14)?,
         errors: serde_json::from_str(&errors).unwrap_or_default(),
         owner: r.get(16)?,
+        traceparent: r.get(17)?,
     })
 }
 
 fn insert(c: &Connection, i: &NewInvocation) -> Result<()> {
     let n = c
         .prepare_cached(
-            "INSERT OR IGNORE INTO invocations (id, function, target, webhook, payload, content_type, event_type, source, state, attempts, created_at, updated_at, next_at, errors) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?9, ?10, '[]')",
+            "INSERT OR IGNORE INTO invocations (id, function, target, webhook, payload, content_type, event_type, source, state, attempts, created_at, updated_at, next_at, errors, traceparent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', 0, ?9, ?9, ?10, '[]', ?11)",
         )
         .and_then(|mut st| {
-            st.execute(params![i.id, i.function, i.target, i.webhook, i.payload, i.content_type, i.event_type, i.source, i.created_at, i.not_before])
+            st.execute(params![i.id, i.function, i.target, i.webhook, i.payload, i.content_type, i.event_type, i.source, i.created_at, i.not_before, i.traceparent])
         })
         .map_err(db)?;
     if n == 0 {
@@ -124,7 +139,7 @@ fn claim(
     let mut st = c.prepare_cached(&sql).map_err(db)?;
     let mut got: Vec<(Invocation, i64)> = st
         .query_map(rusqlite::params_from_iter(args), |r| {
-            Ok((row(r)?, r.get(17)?))
+            Ok((row(r)?, r.get(18)?))
         })
         .map_err(db)?
         .collect::<rusqlite::Result<_>>()
@@ -554,6 +569,7 @@ mod tests {
             source: "test".into(),
             created_at: 1,
             not_before: 1,
+            traceparent: None,
         }
     }
 

@@ -101,6 +101,7 @@ impl SqliteStore {
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         conn.execute_batch(events::SCHEMA).map_err(db)?;
+        events::migrate(&conn).map_err(db)?;
         logs::migrate(&conn).map_err(db)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),

@@ -16,13 +16,21 @@ fn inv(id: &str, function: &str, not_before: i64) -> NewInvocation {
         source: "stratus/api".into(),
         created_at: 1_000,
         not_before,
+        traceparent: None,
     }
 }
 
 /// Runs the whole event store contract. Panics on the first violation.
 pub async fn run(store: &dyn EventStore) {
     // Enqueue is durable and readable back; ids are unique.
-    store.enqueue(inv("a", "f", 1_000)).await.unwrap();
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    store
+        .enqueue(NewInvocation {
+            traceparent: Some(TP.into()),
+            ..inv("a", "f", 1_000)
+        })
+        .await
+        .unwrap();
     assert!(matches!(
         store.enqueue(inv("a", "f", 1_000)).await,
         Err(StoreError::Conflict(_))
@@ -45,6 +53,11 @@ pub async fn run(store: &dyn EventStore) {
     assert_eq!(got[0].state, InvocationState::Running);
     assert_eq!(got[0].attempts, 1);
     assert_eq!(got[0].owner.as_deref(), Some("n1"));
+    assert_eq!(
+        got[0].traceparent.as_deref(),
+        Some(TP),
+        "the trace travels with the claim"
+    );
     // A claimed invocation is not claimed twice.
     let got = store.claim_due("n2", 2_000, 10, &[]).await.unwrap();
     assert_eq!(got.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["c"]);

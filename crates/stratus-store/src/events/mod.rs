@@ -71,6 +71,9 @@ pub struct NewInvocation {
     pub created_at: i64,
     /// Not attempted before this time (ms).
     pub not_before: i64,
+    /// The W3C `traceparent` of whoever asked (the submitting request, the invocation a
+    /// destination record comes from), so every attempt continues that trace.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +108,9 @@ pub struct Invocation {
     pub errors: Vec<AttemptError>,
     /// The node holding the claim while running.
     pub owner: Option<String>,
+    /// The trace every attempt continues (see [`NewInvocation::traceparent`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// How an attempt ended.

@@ -599,4 +599,40 @@ async fn async_invocations_leave_records_too() {
         rec["instance"].as_str().unwrap().starts_with("echo-v1-"),
         "{rec}"
     );
+    // Untraced, the delivery's trace is named after the invocation.
+    assert_eq!(rec["trace_id"], id.strip_prefix("inv-").unwrap(), "{rec}");
+
+    // A traced submit: the function sees the caller's trace (with a span of its own), and the
+    // delivery's record is found by that trace id.
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = s
+        .api_req(reqwest::Method::POST, "/functions/echo/invocations")
+        .header("x-stratus-invocation-type", "Event")
+        .header("traceparent", caller)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["invocation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = eventually(Duration::from_secs(10), || async {
+        let (_, inv) = api_json(&s, &format!("/invocations/{id}")).await;
+        (inv["state"] == "succeeded").then_some(inv)
+    })
+    .await
+    .expect("delivered");
+    assert_eq!(done["traceparent"], caller, "{done}");
+    let seen = done["result"]["headers"]["traceparent"].as_str().unwrap();
+    assert!(
+        seen.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && seen.ends_with("-01"),
+        "{seen}"
+    );
+    assert_ne!(seen, caller, "the delivery is a span of its own");
+    let traced = records(&s, &["--trace-id", "4bf92f3577b34da6a3ce929d0e0e4736"], 1).await;
+    let rec = requests_of(&traced)[0];
+    assert_eq!(rec["request_id"], id.as_str());
+    assert_eq!(rec["trigger"], "async");
 }
