@@ -35,9 +35,11 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            buffer: 16_384,
-            batch: 512,
-            flush_every: Duration::from_millis(100),
+            // Large batches: a commit rewrites every index page its rows touched, so rows that
+            // share pages (time order, one function) are written once per batch, not per row.
+            buffer: 32_768,
+            batch: 4_096,
+            flush_every: Duration::from_millis(200),
             retention: Duration::from_secs(7 * 24 * 3600),
             max_lines: 1_000_000,
             capture_max_bytes: 256 * 1024 * 1024,
@@ -56,18 +58,21 @@ pub struct LogHub {
     dropped: AtomicU64,
     dropped_records: AtomicU64,
     echo: bool,
+    flush_every: Duration,
 }
 
 impl LogHub {
     /// Starts the writer task. With `echo`, lines are also printed to the server's stderr.
     pub fn start(store: Arc<dyn LogStore>, config: LogConfig, echo: bool) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(config.buffer);
+        let flush_every = config.flush_every;
         tokio::spawn(writer(store, rx, config));
         Arc::new(Self {
             tx,
             dropped: AtomicU64::new(0),
             dropped_records: AtomicU64::new(0),
             echo,
+            flush_every,
         })
     }
 
@@ -88,8 +93,8 @@ impl LogHub {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // The writer may hold one batch in hand.
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The writer may hold one batch in hand, waiting for more for `flush_every`.
+        tokio::time::sleep(self.flush_every + Duration::from_millis(100)).await;
     }
 }
 

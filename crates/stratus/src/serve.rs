@@ -182,8 +182,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let event_store: Arc<dyn stratus_store::EventStore> = sqlite.clone();
     // Logs and request records get a database of their own: their write rate and their
     // retention deletes must not queue behind (or in front of) metastore transactions.
-    let logs: Arc<dyn LogStore> =
-        Arc::new(SqliteStore::open(&data.join("logs.db")).context("failed to open the log store")?);
+    let logs: Arc<dyn LogStore> = Arc::new(
+        SqliteStore::open(&data.join("logs.db"))
+            .and_then(|s| s.with_cache_kib(32 * 1024))
+            .context("failed to open the log store")?,
+    );
     let blobs: Arc<dyn BlobStore> = Arc::new(
         LocalBlobStore::open(data.join("blobs")).context("failed to open the blob store")?,
     );
