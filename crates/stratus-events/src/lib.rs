@@ -181,7 +181,7 @@ impl Engine {
                 not_before: now,
             })
             .await?;
-        self.wake.notify_one();
+        self.wake_for(function.as_str());
         Ok(id)
     }
 
