@@ -67,7 +67,10 @@ class Server:
         self.log = open(os.path.join(tmp, "server.log"), "w")
         self.proc = subprocess.Popen(
             [BIN, "serve", "--listen", f"127.0.0.1:{self.gw}", "--api-listen", f"127.0.0.1:{self.api}", "--data-dir", self.data],
-            stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, "RUST_LOG": "warn"},
+            stdout=subprocess.DEVNULL, stderr=self.log,
+            # Isolation off: the handler records its starts in a file on the host, which an
+            # isolated instance (private /tmp, read-only filesystem) cannot write.
+            env={**os.environ, "RUST_LOG": "warn", "STRATUS_ISOLATION": "off"},
         )
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -188,16 +191,16 @@ def warm(s, tmp, n=1000):
 # Each payload carries its submit time, taken when its request is written.
 LOAD_PROCS = int(os.environ.get("LOAD_PROCS", "2"))
 CONNS = int(os.environ.get("CONNS", "32"))
+SECS = int(os.environ.get("SECS", "10"))
 
 
-async def _load(port, token, name, secs, rate, idx, procs, conns, stamp):
+async def _load(port, token, name, secs, rate, idx, procs, conns, stamp, start):
     import asyncio
     head = (f"POST /api/v1/functions/{name}/invocations HTTP/1.1\r\nhost: 127.0.0.1\r\n"
             f"authorization: Bearer {token}\r\nx-stratus-invocation-type: Event\r\n"
             "content-type: application/json\r\n").encode()
     slots = asyncio.Queue()
     res = {"sent": 0, "errors": 0, "late_ms": [], "accept_ms": [], "last": [], "first_t": [], "last_t": []}
-    start = time.time() + 0.2
     stop_at = start + secs
 
     async def pacer():
@@ -269,9 +272,12 @@ def load_worker(arg):
 
 def load(s, name, secs, rate=None, stamp=False):
     """Runs LOAD_PROCS load processes; returns their merged results."""
+    # One schedule for all: every process starts at the same time, a second from now (room for
+    # the interpreters to start on a loaded box).
+    start = time.time() + 1.0
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--load", json.dumps(dict(
         port=s.api, token=s.token, name=name, secs=secs, rate=rate, idx=i, procs=LOAD_PROCS,
-        conns=CONNS, stamp=stamp))], stdout=subprocess.PIPE, text=True) for i in range(LOAD_PROCS)]
+        conns=CONNS, stamp=stamp, start=start))], stdout=subprocess.PIPE, text=True) for i in range(LOAD_PROCS)]
     out = {"sent": 0, "errors": 0, "late_ms": [], "accept_ms": [], "last": [], "first_t": [], "last_t": []}
     for p in procs:
         r = json.loads(p.communicate(timeout=secs + 120)[0])
@@ -309,6 +315,10 @@ def children_cpu():
     return r.ru_utime + r.ru_stime
 
 
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def wait_lines(path, n, timeout):
     deadline = time.time() + timeout
     lines = []
@@ -326,23 +336,26 @@ def async_bench(s, tmp):
     s.deploy(fn_folder(tmp, "sink", "node", extra))
     open(out, "w").close()
     # Accepted per second, durable: every connection as fast as it goes for 10 s.
-    acc = load(s, "sink", 10)
+    acc = load(s, "sink", SECS)
     accepted = acc["sent"] / acc["window"]
+    log(f"accept phase: {acc['sent']} accepted ({acc['errors']} errors) in {acc['window']:.1f} s")
     # The backlog drained: one handler start per accepted event (the handler records each).
     t_drain = time.time()
     got = len(wait_lines(out, acc["sent"], 300))
     drained = time.time() - t_drain
+    log(f"backlog: {got} of {acc['sent']} handler starts after {drained:.1f} s")
     open(out, "w").close()
     # Steady 1,000 events/s for 10 s; the payload carries its submit time. CPU per event: the
     # server (API, store, dispatcher) apart from its function instances, and the generator.
     server_pid = s.proc.pid
     c0 = (cpu_seconds(server_pid), children_cpu())
     own0 = open(f"/proc/{server_pid}/stat").read().rsplit(")", 1)[1].split()
-    st = load(s, "sink", 10, rate=1000, stamp=True)
+    st = load(s, "sink", SECS, rate=1000, stamp=True)
     sent = st["sent"]
     t_end = time.time()
     lines = wait_lines(out, sent, 120)
     tail = time.time() - t_end
+    log(f"steady phase: {sent} accepted ({st['errors']} errors) in {st['window']:.1f} s, {len(lines)} handler starts")
     own1 = open(f"/proc/{server_pid}/stat").read().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     server_cpu = (int(own1[11]) + int(own1[12]) - int(own0[11]) - int(own0[12])) / tick
@@ -388,7 +401,10 @@ def main():
         print_async(async_bench(s, tmp))
     finally:
         s.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("KEEP") == "1":
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def print_async(a):

@@ -51,6 +51,28 @@ impl Engine {
         (total, full)
     }
 
+    /// Wakes the dispatcher for a new invocation of `function`, unless the function is at its
+    /// async concurrency cap: a claim would then skip the function's due rows one by one (its
+    /// whole backlog) and find nothing. The completion that frees a slot wakes it instead.
+    pub(crate) fn wake_for(&self, function: &str) {
+        let n = {
+            let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            inflight.get(function).copied().unwrap_or(0)
+        };
+        if n > 0 {
+            let cap = self
+                .router
+                .table()
+                .version_of(function, &Target::Alias(AliasName::latest()))
+                .map(|v| v.spec.events.async_.concurrency)
+                .unwrap_or(AsyncSpec::default().concurrency);
+            if n >= cap {
+                return;
+            }
+        }
+        self.wake.notify_one();
+    }
+
     fn track(&self, function: &str, delta: i32) {
         let mut m = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(function.to_string()).or_default();

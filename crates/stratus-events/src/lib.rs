@@ -183,7 +183,7 @@ impl Engine {
                 traceparent: traceparent.and_then(mapping::valid_traceparent),
             })
             .await?;
-        self.wake.notify_one();
+        self.wake_for(function.as_str());
         Ok(id)
     }
 
