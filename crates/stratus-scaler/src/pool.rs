@@ -381,7 +381,8 @@ impl InstancePool {
             let mut st = self.lock();
             // Fast path: a free slot, unless requests already wait (they go first). An instance
             // started ahead of demand (at deploy, for `min`) was not waited for: a warm request.
-            if st.queue.is_empty()
+            // `waiting` counts live waiters only; the queue may still hold ones that gave up.
+            if st.waiting == 0
                 && let Some(mut lease) = self.try_lease(&st)
             {
                 lease.cold_start = None;
