@@ -288,35 +288,33 @@ impl InstancePool {
         false
     }
 
-    /// Gives a new instance's slots to waiting requests, oldest first.
-    fn serve_queue(self: &Arc<Self>, st: &mut PoolState, slot: &Arc<Slot>) {
-        let conc = self.spec.limits.concurrency;
-        while !st.queue.is_empty() && slot.in_flight.load(Ordering::Acquire) < conc {
-            slot.in_flight.fetch_add(1, Ordering::AcqRel);
-            let first = slot.fresh.swap(false, Ordering::Relaxed);
-            let mut handed = false;
+    /// Gives free slots to waiting requests, oldest first, until either runs out: called when
+    /// an instance becomes ready and before a new request looks for a slot, so that a free slot
+    /// and a live waiter never coexist. (Without the second call, a request that queued in the
+    /// moment between a waiter being handed its slot and leaving the count stayed queued behind
+    /// the free slot, and in a closed loop of clients every hand-off brought a new arrival into
+    /// the queue: the slot stayed idle for good, and a burst's steady state ran at half speed.)
+    fn serve_queue(self: &Arc<Self>, st: &mut PoolState) {
+        while !st.queue.is_empty() {
+            let Some(lease) = self.try_lease(st) else {
+                return;
+            };
+            let mut left = Some(lease);
             while let Some(waiter) = st.queue.pop_front() {
-                let lease = Lease {
-                    slot: slot.clone(),
-                    pool: self.clone(),
-                    _function: None,
-                    // The request waited for this start: it paid the cold start.
-                    cold_start: first.then_some(slot.init),
-                    live: true,
-                };
-                match waiter.send(lease) {
-                    Ok(()) => {
-                        handed = true;
-                        break;
-                    }
-                    Err(mut lease) => lease.live = false,
+                match waiter.send(left.take().expect("a lease to hand")) {
+                    Ok(()) => break,
+                    // That waiter gave up: the next one.
+                    Err(lease) => left = Some(lease),
                 }
             }
-            if !handed {
-                slot.in_flight.fetch_sub(1, Ordering::AcqRel);
-                if first {
-                    slot.fresh.store(true, Ordering::Relaxed);
+            if let Some(mut lease) = left {
+                // Nobody took it: give the slot back as it was.
+                lease.live = false;
+                lease.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+                if lease.cold_start.is_some() {
+                    lease.slot.fresh.store(true, Ordering::Relaxed);
                 }
+                return;
             }
         }
     }
@@ -379,10 +377,10 @@ impl InstancePool {
     ) -> Result<Lease, AcquireError> {
         let (epoch_at_start, mut handed) = {
             let mut st = self.lock();
-            // Fast path: a free slot, unless requests already wait (they go first). An instance
+            // Requests already waiting go first; then the fast path, a free slot. An instance
             // started ahead of demand (at deploy, for `min`) was not waited for: a warm request.
-            // `waiting` counts live waiters only; the queue may still hold ones that gave up.
-            if st.waiting == 0
+            self.serve_queue(&mut st);
+            if st.queue.is_empty()
                 && let Some(mut lease) = self.try_lease(&st)
             {
                 lease.cold_start = None;
@@ -618,10 +616,9 @@ impl InstancePool {
                     st.starts += 1;
                     if self.closed.load(Ordering::Relaxed) {
                         slot.draining.store(true, Ordering::Relaxed);
-                    } else {
-                        self.serve_queue(&mut st, &slot);
                     }
                     st.slots.push(slot.clone());
+                    self.serve_queue(&mut st);
                 }
                 self.watch_exit(slot);
                 Ok(())
