@@ -394,6 +394,11 @@ impl InstancePool {
                 )));
             }
             st.waiting += 1;
+            // Waiters that gave up stay queued until a slot passes them; with no slot freeing
+            // (a hung instance) they would pile up past `max_queue`.
+            if st.queue.len() > 2 * (st.waiting as usize) + 16 {
+                st.queue.retain(|w| !w.is_closed());
+            }
             let (tx, rx) = oneshot::channel();
             st.queue.push_back(tx);
             (st.failure_epoch, rx)
