@@ -7,7 +7,8 @@ A node function with a 50 ms handler and per-instance concurrency 10:
    (30s). Side by side with the ideal, the same function pre-scaled to a fixed pool
    (min = max = CLIENTS / 10). Reports the time until ready capacity (ready instances x 10)
    matched demand, errors (non-2xx + socket errors), p50/p99 and their ratios to the ideal.
-   Targets: zero errors, p99 within 2x of the ideal, capacity in < 2 s.
+   Targets: zero errors, p99 within 2x of the ideal, capacity in < 2 s. The floor for the
+   capacity time is printed beside it: as many bare node processes started at once, no Stratus.
 2. Scale-down: right after the burst, a trickle of TRICKLE (5) connections for IDLE (10s)
    + 5 s while the pool shrinks (errors counted), then nothing: the time from the last request
    to zero instances, against the function's idle_timeout (IDLE).
@@ -15,12 +16,14 @@ A node function with a 50 ms handler and per-instance concurrency 10:
 Env: STRATUS_BIN, CLIENTS (200), DURATION (30s), IDLE (10s), TRICKLE (5).
 """
 import os
+import socket
+import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stratus_bench import Stratus, ensure_wrk, load_average, wrk  # noqa: E402
+from stratus_bench import Stratus, ensure_wrk, free_port, load_average, wrk  # noqa: E402
 
 CLIENTS = int(os.environ.get("CLIENTS", "200"))
 DURATION = os.environ.get("DURATION", "30s")
@@ -42,6 +45,54 @@ def manifest(name, min_, max_):
             f'[limits]\nconcurrency = {PER_INSTANCE}\ntimeout = "30s"\n'
             f'[scaling]\nmin = {min_}\nmax = {max_}\nidle_timeout = "{IDLE}s"\nscale_down_delay = "{IDLE}s"\n'
             f'max_queue = 1000\n')
+
+
+# Where Stratus puts instances' cgroups on a cgroup v1 or v2 host (see cgroup.rs).
+CGROUP_PARENTS = ["/sys/fs/cgroup/cpu/stratus", "/sys/fs/cgroup/stratus"]
+
+
+def bare_starts(n, tmp):
+    """The floor for capacity: n bare `node server.js` started at once on this node, no Stratus;
+    seconds until all of them accept connections. They run in a cgroup beside the instances'
+    (when the host has one), so that the CPU they compete for is the same: a benchmark started at
+    autogroup priority would otherwise give them a priority the instances do not have."""
+    with open(os.path.join(tmp, "bare.js"), "w") as f:
+        f.write(SERVER)
+    ports = [free_port() for _ in range(n)]
+    cg = next((p for p in CGROUP_PARENTS if os.path.isdir(p)), None)
+    procs_file = None
+    if cg:
+        d = os.path.join(cg, f"bench-floor-{os.getpid()}")
+        os.makedirs(d, exist_ok=True)
+        procs_file = os.path.join(d, "cgroup.procs")
+
+    def join():
+        if procs_file:
+            with open(procs_file, "w") as f:
+                f.write("0")
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["node", "bare.js"], cwd=tmp, env=dict(os.environ, PORT=str(p)), preexec_fn=join)
+             for p in ports]
+    left = set(ports)
+    try:
+        while left and time.perf_counter() - t0 < 60:
+            for p in list(left):
+                try:
+                    socket.create_connection(("127.0.0.1", p), 0.1).close()
+                    left.discard(p)
+                except OSError:
+                    pass
+            time.sleep(0.001)
+        return time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        if procs_file:
+            try:
+                os.rmdir(os.path.dirname(procs_file))
+            except OSError:
+                pass
 
 
 class Capacity(threading.Thread):
@@ -79,8 +130,11 @@ def main():
         while s.instances("ideal") < need and time.time() < deadline:
             time.sleep(0.2)
         print(f"load average before: {' '.join(load_average())}")
-
         ideal = wrk(s.url("/fn/ideal/"), CLIENTS, DURATION)
+        # Right before the burst, so that both see the same machine.
+        floor = bare_starts(need, s.tmp)
+        floor_cg = any(os.path.isdir(p) for p in CGROUP_PARENTS)
+        time.sleep(1)
         cap = Capacity(s, "burst", CLIENTS)
         cap.start()
         cap.start_at = time.perf_counter()
@@ -95,6 +149,9 @@ def main():
         p99r = burst[2] / ideal[2]
         print(f"capacity matched demand ({need} ready instances) after: {matched} "
               f"(target < 2 s: {'MET' if cap.matched is not None and cap.matched < 2 else 'MISSED'}); peak {cap.peak} ready")
+        ratio = f"{cap.matched / floor:.2f}x" if cap.matched is not None else "-"
+        print(f"floor: {need} bare node processes started at once on this node ({'in a cgroup beside the instances' if floor_cg else 'no cgroup'}) listen after {floor:.2f} s "
+              f"(capacity / floor: {ratio})")
         print(f"p50 ratio {burst[1] / ideal[1]:.2f}, p99 ratio {p99r:.2f} (target <= 2: {'MET' if p99r <= 2 else 'MISSED'}); "
               f"errors {burst[3]} (target 0: {'MET' if burst[3] == 0 else 'MISSED'})")
         print()

@@ -140,7 +140,8 @@ impl RuntimeChecks {
         Ok(Some(n))
     }
 
-    /// Fractional cores; the quota is per 100 ms period, so 0.01 core (1 ms) is the finest step.
+    /// Fractional cores; the kernel's smallest quota is 1 ms per (at most 100 ms) period, so
+    /// 0.01 core is the finest step.
     pub fn cpu(&self, v: Option<f64>) -> Result<Option<f64>, Invalid> {
         match v {
             None => Ok(None),

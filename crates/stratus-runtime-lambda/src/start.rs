@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use stratus_runtime::{InstanceHealth, LogSink, PreparedVersion, RuntimeError};
 pub(crate) use stratus_runtime_process::platform_line;
 use stratus_runtime_process::{
-    Confinement, OutputTail, capture_output, not_found, resolve_program, watch_exit,
+    Confinement, OutputTail, capture_output, not_found, on_spawner, resolve_program, watch_exit,
 };
 use stratus_store::LogLine;
 use tokio::process::Command;
@@ -110,20 +110,32 @@ pub async fn start(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let conf = Arc::new(Confinement::new(instance_id, &spec.limits)?);
     // The shipped bootstraps live outside the code folder: keep their folder visible too.
-    let extra: Vec<&std::path::Path> = command
-        .iter()
-        .map(std::path::Path::new)
-        .filter(|a| a.is_absolute())
-        .filter_map(|a| a.parent())
-        .collect();
-    let mut dirs = vec![p.dir.as_path()];
-    dirs.extend(extra);
-    let join = conf.configure(&mut cmd, &dirs, &program)?;
+    let mut dirs = vec![p.dir.clone()];
+    dirs.extend(
+        command
+            .iter()
+            .map(std::path::Path::new)
+            .filter(|a| a.is_absolute())
+            .filter_map(|a| a.parent())
+            .map(|d| d.to_path_buf()),
+    );
     let started = Instant::now();
-    let spawned = cmd.spawn();
-    drop(join);
+    // Off the async workers, as the process runtime does (see `on_spawner`).
+    let (conf, spawned) = {
+        let id = instance_id.to_string();
+        let limits = spec.limits.clone();
+        let program = program.clone();
+        on_spawner(move || -> Result<_, RuntimeError> {
+            let conf = Arc::new(Confinement::new(&id, &limits)?);
+            let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
+            let join = conf.configure(&mut cmd, &dirs, &program)?;
+            let spawned = cmd.spawn();
+            drop(join);
+            Ok((conf, spawned))
+        })
+        .await??
+    };
     let mut child = spawned.map_err(|e| {
         RuntimeError::StartFailed(if e.kind() == std::io::ErrorKind::NotFound {
             format!(

@@ -27,7 +27,7 @@ pub use install::run_once as run_install;
 pub use instance::ProcessInstance;
 pub use isolate::{IsolationMode, IsolationReport};
 pub use spawn::{
-    OutputTail, capture_output, not_found, platform_line, resolve_program, watch_exit,
+    OutputTail, capture_output, not_found, on_spawner, platform_line, resolve_program, watch_exit,
 };
 
 /// Unpacks a version's artifact and runs its `[build] install` once per artifact: the `prepare`

@@ -257,7 +257,7 @@ async fn a_cpu_spinner_is_throttled_to_limits_cpu() {
     let conf = inst.confinement().clone();
     let before = conf.with_cgroup(|c| c.cpu_stats()).flatten().unwrap();
     assert_eq!(get(&inst, "/spin").await.unwrap().1, "spinning");
-    // A spinner wants the whole core; with a 20 ms quota per 100 ms period it is throttled in
+    // A spinner wants the whole core; with a 2 ms quota per 10 ms period it is throttled in
     // nearly every period. Wait for the kernel's counters, not for a duration.
     until("throttling", Duration::from_secs(20), || {
         let s = conf.with_cgroup(|c| c.cpu_stats()).flatten().unwrap();

@@ -120,6 +120,32 @@ pub fn autoscale(state: &mut AutoscalerState, input: AutoscaleInput<'_>) -> Auto
     }
 }
 
+/// How many instances a tick starts: what the queued and in-flight requests need at full
+/// concurrency (`need_now`, from `decide`) at once, and the autoscaler's headroom above that
+/// (`desired`, sized at `target_utilization`) only once no start is under way or due. Instances
+/// starting together share the node's CPU, so on a small node 29 starts take half again as long
+/// as 20 and every waiting request would wait for the slowest: demand first, headroom next.
+/// No headroom without demand: the windows remember a burst for a minute, and restarting what
+/// `idle_timeout` just stopped kept pools from reaching zero.
+pub fn starts_now(
+    need_now: u32,
+    desired: u32,
+    ready: u32,
+    starting: u32,
+    demand: u32,
+    in_backoff: bool,
+) -> u32 {
+    if in_backoff {
+        return 0;
+    }
+    let headroom = if demand > 0 && starting == 0 && need_now == 0 {
+        desired.saturating_sub(ready)
+    } else {
+        0
+    };
+    need_now.max(headroom)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -251,5 +277,104 @@ mod tests {
             },
         );
         assert_eq!(d.desired, 0, "versions nobody routes to keep no minimum");
+    }
+
+    #[test]
+    fn starts_what_demand_needs_at_once_and_headroom_after() {
+        // 200 requests at concurrency 10: 20 at once; the 0.7 headroom (29) waits for them.
+        assert_eq!(starts_now(20, 29, 0, 0, 200, false), 20);
+        assert_eq!(starts_now(0, 29, 0, 20, 200, false), 0, "starts under way");
+        assert_eq!(starts_now(0, 29, 20, 0, 200, false), 9, "then the headroom");
+        assert_eq!(
+            starts_now(3, 29, 0, 0, 200, true),
+            0,
+            "backoff holds everything"
+        );
+        assert_eq!(
+            starts_now(0, 5, 2, 0, 0, false),
+            0,
+            "no demand, no headroom"
+        );
+        assert_eq!(starts_now(0, 5, 7, 0, 30, false), 0, "never negative");
+    }
+
+    /// A burst from zero against a simulated pool whose starts take 600 ms: every tick (200 ms)
+    /// runs `decide` and `autoscale` as the pool does, and the request path's `decide` runs as
+    /// the requests queue. All 20 instances the 200 requests need start in the first tick, the
+    /// headroom only once they are ready, and after the burst the pool reaches zero at
+    /// `idle_timeout` with no restart.
+    #[test]
+    fn a_burst_from_zero_starts_its_need_at_once_and_goes_back_to_zero() {
+        use crate::decide::{Observation, decide};
+        let s = Scaling {
+            min: 0,
+            max: 40,
+            idle_timeout: Duration::from_secs(10),
+            scale_down_delay: Duration::from_secs(10),
+            ..Scaling::default()
+        };
+        let mut st = AutoscalerState::default();
+        let mut starting: Vec<u64> = Vec::new(); // ready-at times
+        let mut ready = 0u32;
+        let mut ready_at_20 = None;
+        let mut idle_since = None;
+        let mut starts = Vec::new();
+        for t in (0..60_000u64).step_by(100) {
+            ready += starting.iter().filter(|r| **r <= t).count() as u32;
+            starting.retain(|r| *r > t);
+            let demand = if t < 30_000 { 200 } else { 0 };
+            if ready >= 20 && ready_at_20.is_none() {
+                ready_at_20 = Some(t);
+            }
+            if demand == 0 && idle_since.is_none() {
+                idle_since = Some(t);
+            }
+            let served = demand.min(ready * 10);
+            let idle_for = Duration::from_millis(t - idle_since.unwrap_or(t));
+            let obs = Observation {
+                ready,
+                starting: starting.len() as u32,
+                in_flight: served,
+                waiting: demand - served,
+                concurrency: 10,
+                idle: if demand == 0 {
+                    (0..ready).map(|i| (i.to_string(), idle_for)).collect()
+                } else {
+                    vec![]
+                },
+                routable: true,
+                in_backoff: false,
+            };
+            let d = decide(&obs, &s);
+            let mut n = d.start;
+            if t % 200 == 0 {
+                let a = autoscale(
+                    &mut st,
+                    AutoscaleInput {
+                        now_ms: t,
+                        demand,
+                        current: ready + starting.len() as u32,
+                        concurrency: 10,
+                        scaling: &s,
+                        routable: true,
+                    },
+                );
+                n = starts_now(n, a.desired, ready, starting.len() as u32, demand, false);
+            }
+            ready -= d.stop.len() as u32;
+            if n > 0 {
+                starts.push((t, n));
+            }
+            starting.extend((0..n).map(|_| t + 600));
+        }
+        assert_eq!(starts[0], (0, 20), "the whole need at once: {starts:?}");
+        assert_eq!(
+            starts[1],
+            (600, 9),
+            "headroom once they were ready: {starts:?}"
+        );
+        assert_eq!(starts.len(), 2, "{starts:?}");
+        assert_eq!(ready_at_20, Some(600), "capacity = one start time");
+        assert_eq!(ready, 0, "back to zero after the burst");
     }
 }

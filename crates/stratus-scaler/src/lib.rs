@@ -12,7 +12,7 @@ mod decide;
 mod fleet;
 mod pool;
 
-pub use autoscale::{AutoscaleDecision, AutoscaleInput, AutoscalerState, autoscale};
+pub use autoscale::{AutoscaleDecision, AutoscaleInput, AutoscalerState, autoscale, starts_now};
 pub use decide::{Observation, ScaleDecision, decide, restart_backoff};
 pub use fleet::{Fleet, FleetConfig, VersionKey};
 pub use pool::{ExitReport, InstancePool, InstanceStatus, Lease, PoolStatus, ScaleEvent};

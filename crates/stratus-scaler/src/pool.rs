@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use stratus_core::{FunctionSpec, VersionNumber, now_ms};
 use stratus_runtime::{ExitCause, Instance, InstanceHealth, PreparedVersion, Runtime};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use crate::AcquireError;
-use crate::autoscale::{AutoscaleInput, AutoscalerState, autoscale};
+use crate::autoscale::{AutoscaleInput, AutoscalerState, autoscale, starts_now};
 use crate::decide::{Observation, ScaleDecision, decide, restart_backoff};
 
 /// An instance lived less than this before exiting: count it as a crash loop step.
@@ -44,6 +44,11 @@ struct PoolState {
     slots: Vec<Arc<Slot>>,
     starting: u32,
     waiting: u32,
+    /// Requests waiting for a slot, oldest first. A freed slot is handed to the oldest waiter
+    /// directly (FIFO, one wake per slot) instead of waking every waiter to race for it: with
+    /// hundreds waiting that race cost more CPU than the instances starting for them, and its
+    /// losers made the p99.
+    queue: VecDeque<oneshot::Sender<Lease>>,
     failures: u32,
     backoff_until: Option<Instant>,
     /// Bumped at every failed start, with its reason, so waiters can fail fast.
@@ -118,6 +123,8 @@ pub struct Lease {
     pool: Arc<InstancePool>,
     _function: Option<FunctionPermit>,
     cold_start: Option<Duration>,
+    /// False for a lease whose slot was already passed on (its drop must not free it again).
+    live: bool,
 }
 
 impl Lease {
@@ -134,12 +141,27 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if !self.live {
+            return;
+        }
         let s = &self.slot;
         s.last_used_ms
             .store(s.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         s.served.fetch_add(1, Ordering::Relaxed);
-        s.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.pool.changed.notify_waiters();
+        let draining = {
+            // Under the lock: a request that found no free slot and queued can not miss this one.
+            let mut st = self.pool.lock();
+            let draining = s.draining.load(Ordering::Relaxed);
+            if !draining && self.pool.hand_off(&mut st, s) {
+                return;
+            }
+            s.in_flight.fetch_sub(1, Ordering::AcqRel);
+            draining
+        };
+        if draining {
+            // A drain waits for its instance's last request.
+            self.pool.changed.notify_waiters();
+        }
     }
 }
 
@@ -242,7 +264,59 @@ impl InstancePool {
             pool: self.clone(),
             _function: None,
             cold_start: first.then_some(slot.init),
+            live: true,
         })
+    }
+
+    /// Passes `slot` (whose in-flight count already includes this request) to the oldest live
+    /// waiter; false when nobody waits.
+    fn hand_off(self: &Arc<Self>, st: &mut PoolState, slot: &Arc<Slot>) -> bool {
+        while let Some(waiter) = st.queue.pop_front() {
+            let lease = Lease {
+                slot: slot.clone(),
+                pool: self.clone(),
+                _function: None,
+                cold_start: None,
+                live: true,
+            };
+            match waiter.send(lease) {
+                Ok(()) => return true,
+                // That waiter gave up (timeout, client gone): the next one.
+                Err(mut lease) => lease.live = false,
+            }
+        }
+        false
+    }
+
+    /// Gives free slots to waiting requests, oldest first, until either runs out: called when
+    /// an instance becomes ready and before a new request looks for a slot, so that a free slot
+    /// and a live waiter never coexist. (Without the second call, a request that queued in the
+    /// moment between a waiter being handed its slot and leaving the count stayed queued behind
+    /// the free slot, and in a closed loop of clients every hand-off brought a new arrival into
+    /// the queue: the slot stayed idle for good, and a burst's steady state ran at half speed.)
+    fn serve_queue(self: &Arc<Self>, st: &mut PoolState) {
+        while !st.queue.is_empty() {
+            let Some(lease) = self.try_lease(st) else {
+                return;
+            };
+            let mut left = Some(lease);
+            while let Some(waiter) = st.queue.pop_front() {
+                match waiter.send(left.take().expect("a lease to hand")) {
+                    Ok(()) => break,
+                    // That waiter gave up: the next one.
+                    Err(lease) => left = Some(lease),
+                }
+            }
+            if let Some(mut lease) = left {
+                // Nobody took it: give the slot back as it was.
+                lease.live = false;
+                lease.slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+                if lease.cold_start.is_some() {
+                    lease.slot.fresh.store(true, Ordering::Relaxed);
+                }
+                return;
+            }
+        }
     }
 
     fn observe(&self, st: &PoolState) -> Observation {
@@ -301,15 +375,17 @@ impl InstancePool {
         self: &Arc<Self>,
         deadline: tokio::time::Instant,
     ) -> Result<Lease, AcquireError> {
-        // Fast path: a free slot, no bookkeeping. An instance started ahead of demand (at deploy,
-        // for `min`) was not waited for, so its first request is warm.
-        if let Some(mut lease) = self.try_lease(&self.lock()) {
-            lease.cold_start = None;
-            return Ok(lease);
-        }
-        let epoch_at_start;
-        {
+        let (epoch_at_start, mut handed) = {
             let mut st = self.lock();
+            // Requests already waiting go first; then the fast path, a free slot. An instance
+            // started ahead of demand (at deploy, for `min`) was not waited for: a warm request.
+            self.serve_queue(&mut st);
+            if st.queue.is_empty()
+                && let Some(mut lease) = self.try_lease(&st)
+            {
+                lease.cold_start = None;
+                return Ok(lease);
+            }
             // A bounded queue: past it, shed load now rather than pile requests up.
             if st.waiting >= self.spec.scaling.max_queue {
                 return Err(AcquireError::QueueFull(format!(
@@ -317,11 +393,22 @@ impl InstancePool {
                     st.waiting, self.spec.name, self.version
                 )));
             }
-            epoch_at_start = st.failure_epoch;
             st.waiting += 1;
-        }
+            // Waiters that gave up stay queued until a slot passes them; with no slot freeing
+            // (a hung instance) they would pile up past `max_queue`.
+            if st.queue.len() > 2 * (st.waiting as usize) + 16 {
+                st.queue.retain(|w| !w.is_closed());
+            }
+            let (tx, rx) = oneshot::channel();
+            st.queue.push_back(tx);
+            (st.failure_epoch, rx)
+        };
         let _guard = WaitGuard(self);
         loop {
+            // A slot handed over wins over any failure seen since.
+            if let Ok(lease) = handed.try_recv() {
+                return Ok(lease);
+            }
             if self.closed.load(Ordering::Relaxed) {
                 return Err(AcquireError::ShuttingDown);
             }
@@ -330,10 +417,6 @@ impl InstancePool {
             notified.as_mut().enable();
             let decision = {
                 let st = self.lock();
-                if let Some(lease) = self.try_lease(&st) {
-                    // Waited, and got an instance's first slot: this request paid for its start.
-                    return Ok(lease);
-                }
                 let live = st.slots.iter().any(|s| !s.draining.load(Ordering::Relaxed));
                 if st.failure_epoch != epoch_at_start && st.starting == 0 && !live {
                     let why = st
@@ -355,9 +438,17 @@ impl InstancePool {
                 _ => deadline,
             };
             tokio::select! {
+                lease = &mut handed => match lease {
+                    Ok(lease) => return Ok(lease),
+                    // The queue was dropped: the pool closed.
+                    Err(_) => return Err(AcquireError::ShuttingDown),
+                },
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(wake) => {
                     if tokio::time::Instant::now() >= deadline {
+                        if let Ok(lease) = handed.try_recv() {
+                            return Ok(lease);
+                        }
                         return Err(AcquireError::Timeout);
                     }
                 }
@@ -417,13 +508,14 @@ impl InstancePool {
                     routable: obs.routable,
                 },
             );
-            // The windows hold capacity while demand lasts; they never add instances nobody is
-            // asking for (after a burst, the stable window remembers demand for a minute, and
-            // restarting what `idle_timeout` just stopped kept pools from reaching zero).
-            let asking = obs.in_flight + obs.waiting > 0;
-            if a.desired > current && !obs.in_backoff && asking {
-                d.start = d.start.max(a.desired - current);
-            }
+            d.start = starts_now(
+                d.start,
+                a.desired,
+                obs.ready,
+                obs.starting,
+                obs.in_flight + obs.waiting,
+                obs.in_backoff,
+            );
             // Busy instances beyond the desired size drain (finishing what they serve).
             let mut drain = Vec::new();
             if a.may_scale_down && obs.starting == 0 {
@@ -531,6 +623,7 @@ impl InstancePool {
                         slot.draining.store(true, Ordering::Relaxed);
                     }
                     st.slots.push(slot.clone());
+                    self.serve_queue(&mut st);
                 }
                 self.watch_exit(slot);
                 Ok(())
@@ -658,7 +751,8 @@ impl InstancePool {
     pub async fn close(self: &Arc<Self>) {
         self.closed.store(true, Ordering::Relaxed);
         let slots: Vec<_> = {
-            let st = self.lock();
+            let mut st = self.lock();
+            st.queue.clear();
             st.slots
                 .iter()
                 .inspect(|s| s.draining.store(true, Ordering::Relaxed))

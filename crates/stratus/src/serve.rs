@@ -300,11 +300,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .context("failed to start async delivery")?;
 
-    let gateway_listener = TcpListener::bind(args.listen)
-        .await
+    let gateway_listener = listen(args.listen)
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
-    let api_listener = TcpListener::bind(args.api_listen)
-        .await
+    let api_listener = listen(args.api_listen)
         .with_context(|| format!("cannot listen on {} (--api-listen)", args.api_listen))?;
     let functions = store.list_functions().await?.len();
     let gateway_addr = gateway_listener.local_addr()?;
@@ -382,4 +380,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     hub.flush().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listener with a backlog for bursts: `TcpListener::bind` listens with std's 128, and 200
+/// clients connecting at once overflowed it; the kernel dropped the other SYNs and those
+/// clients retried a second later (the burst benchmark saw its demand arrive in two steps, and
+/// the late quarter of it wait a second for nothing). The kernel caps it at `somaxconn`.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

@@ -51,7 +51,7 @@ async fn records(s: &Server, args: &[&str], want: usize) -> Vec<Value> {
 async fn request_records_metrics_and_the_global_view() {
     let s = Server::start();
     let app = App::fixture("echo");
-    app.edit_manifest("timeout = \"10s\"", "timeout = \"1s\"");
+    app.edit_manifest("timeout = \"10s\"", "timeout = \"3s\"");
     app.edit_manifest("concurrency = 10", "concurrency = 1");
     s.deploy(&app.dir).ok();
 
@@ -68,11 +68,16 @@ async fn request_records_metrics_and_the_global_view() {
     for _ in 0..3 {
         assert_eq!(s.get("/fn/echo/").await.status(), 200);
     }
-    // Two at once on a concurrency-1 function: the second waits for a new instance to start.
-    let (a, b) = tokio::join!(s.get("/fn/echo/slow?ms=300"), s.get("/fn/echo/slow?ms=300"));
+    // Two at once on a concurrency-1 function: the second waits for a new instance to start
+    // (a freed slot goes to a waiting request at once, so the first must outlast that start, on
+    // a loaded machine too, for the second to be the one that pays for it).
+    let (a, b) = tokio::join!(
+        s.get("/fn/echo/slow?ms=1500"),
+        s.get("/fn/echo/slow?ms=1500")
+    );
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
-    // Past the 1 s timeout: a 504 from the platform.
-    assert_eq!(s.get("/fn/echo/slow?ms=3000").await.status(), 504);
+    // Past the 3 s timeout: a 504 from the platform.
+    assert_eq!(s.get("/fn/echo/slow?ms=5000").await.status(), 504);
 
     // One request by id, with every field of its record.
     let e = records(&s, &["--request-id", "obs-1"], 1).await;

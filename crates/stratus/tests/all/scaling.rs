@@ -101,6 +101,36 @@ async fn max_bounds_instances_and_extra_requests_wait_for_a_slot() {
 }
 
 #[tokio::test]
+async fn waiting_requests_are_served_in_arrival_order() {
+    let s = Server::start();
+    let app = App::fixture("echo");
+    app.edit_manifest("concurrency = 10", "concurrency = 1");
+    app.edit_manifest("max = 3", "max = 1");
+    s.deploy(&app.dir).ok();
+    // One request holds the only slot; four more queue behind it, 100 ms apart.
+    let first = slow(&s, 1000).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut queued = Vec::new();
+    for i in 0..4 {
+        let url = format!("{}/fn/echo/slow?ms=100", s.gw);
+        queued.push(tokio::spawn(async move {
+            let r = http().get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            (std::time::Instant::now(), i)
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(first.await.unwrap().0, 200);
+    let mut done = Vec::new();
+    for q in queued {
+        done.push(q.await.unwrap());
+    }
+    done.sort();
+    let order: Vec<_> = done.iter().map(|(_, i)| *i).collect();
+    assert_eq!(order, vec![0, 1, 2, 3], "first come, first served");
+}
+
+#[tokio::test]
 async fn crashed_instances_are_replaced() {
     let s = Server::start();
     let app = App::fixture("echo");
