@@ -72,7 +72,15 @@ PRAGMA user_version = 1;
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     changes: Arc<watch::Sender<u64>>,
+    /// Versions as read for routing snapshots, by function and number: versions never change,
+    /// so each is parsed once and every snapshot shares it (deleting evicts).
+    versions: Arc<Mutex<VersionCache>>,
 }
+
+pub(crate) type VersionCache = std::collections::HashMap<
+    String,
+    std::collections::HashMap<u32, Arc<stratus_store::VersionRecord>>,
+>;
 
 pub(crate) fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("sqlite: {e}"))
@@ -101,6 +109,7 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             changes: Arc::new(watch::channel(0).0),
+            versions: Arc::default(),
         })
     }
 
