@@ -118,11 +118,7 @@ impl RoutingTable {
                 .into_iter()
                 .map(|a| (a.name, Arc::new(CompiledPolicy::compile(a.policy))))
                 .collect();
-            let versions: HashMap<_, _> = f
-                .versions
-                .into_iter()
-                .map(|v| (v.number, Arc::new(v)))
-                .collect();
+            let versions: HashMap<_, _> = f.versions.into_iter().map(|v| (v.number, v)).collect();
             // Routes are declared by the manifest `latest` points at: the newest deploy decides.
             let latest = aliases
                 .get(&AliasName::latest())
@@ -169,9 +165,9 @@ impl RoutingTable {
     }
 
     fn entry(&self, function: &str) -> Result<&FunctionEntry, RouteError> {
-        FunctionName::new(function)
-            .ok()
-            .and_then(|n| self.functions.get(&n))
+        // By `&str` (names are keys as validated): no allocation on the request path.
+        self.functions
+            .get(function)
             .ok_or_else(|| RouteError::FunctionNotFound(function.to_string()))
     }
 
@@ -376,21 +372,25 @@ mod tests {
                     name: FunctionName::new("hello").unwrap(),
                     aliases: vec![alias("hello", "latest", 2), alias("hello", "release", 1)],
                     versions: vec![
-                        version("hello", 1, vec![]),
-                        version(
+                        Arc::new(version("hello", 1, vec![])),
+                        Arc::new(version(
                             "hello",
                             2,
                             vec![
                                 route("/api/hello", None, "release"),
                                 route("/", Some("hello.test"), "latest"),
                             ],
-                        ),
+                        )),
                     ],
                 },
                 RoutableFunction {
                     name: FunctionName::new("other").unwrap(),
                     aliases: vec![alias("other", "latest", 1)],
-                    versions: vec![version("other", 1, vec![route("/api", None, "latest")])],
+                    versions: vec![Arc::new(version(
+                        "other",
+                        1,
+                        vec![route("/api", None, "latest")],
+                    ))],
                 },
             ],
         })

@@ -2,6 +2,8 @@
 //! long a guest may run.
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -17,8 +19,9 @@ pub struct EngineOptions {
     /// Component instances alive at once across all functions: requests in flight. Only the
     /// pooling allocator bounds it; past it a request gets 503.
     pub max_instances: u32,
-    /// Threads of the guest runtime ([`GuestThreads`]); 0 runs guests on the caller's runtime
-    /// (the gateway's), which saves a thread hop per request but lets busy guests delay others.
+    /// Threads of the guest runtime ([`GuestThreads`]), where a guest that computes through an
+    /// epoch tick is moved; 0 keeps every guest on the caller's runtime (the gateway's), where
+    /// busy guests delay others' I/O.
     pub guest_threads: usize,
 }
 
@@ -153,32 +156,54 @@ pub fn fingerprint(engine: &Engine) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// The threads guests run on, apart from the gateway's: a guest computing between epoch ticks
-/// holds its thread for up to [`EPOCH_TICK`], and on the gateway's own threads a few busy guests
-/// would delay every other request's I/O by that much per step. On threads of their own the OS
-/// shares the cores, and the gateway's threads, mostly idle, get them when they wake.
-pub struct GuestThreads(Option<tokio::runtime::Runtime>);
+/// The threads busy guests run on, apart from the gateway's: a guest computing between epoch
+/// ticks holds its thread for up to [`EPOCH_TICK`], and on the gateway's own threads a few busy
+/// guests would delay every other request's I/O by that much per step. On threads of their own
+/// the OS shares the cores, and the gateway's threads, mostly idle, get them when they wake. A
+/// request starts on the gateway's thread, though, and is moved here only once it computed
+/// through a tick: most answer well within one, and a thread hop each way (two wake-ups of
+/// another thread) was a large part of a small request's cost.
+pub struct GuestThreads {
+    rt: Option<tokio::runtime::Runtime>,
+    moved: Arc<AtomicU64>,
+}
+
+/// Where busy guests are moved, and how many were.
+#[derive(Clone)]
+pub struct GuestHandle {
+    pub runtime: tokio::runtime::Handle,
+    pub moved: Arc<AtomicU64>,
+}
 
 impl GuestThreads {
     /// `threads == 0`: no runtime of its own; guests run wherever `handle` is called.
     pub fn start(threads: usize) -> std::io::Result<Self> {
+        let moved = Arc::default();
         if threads == 0 {
-            return Ok(Self(None));
+            return Ok(Self { rt: None, moved });
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("wasm-guest")
             .enable_all()
             .build()?;
-        Ok(Self(Some(rt)))
+        Ok(Self {
+            rt: Some(rt),
+            moved,
+        })
     }
 
-    /// Where to spawn a request's guest. Called from async code (`Runtime::start`).
-    pub fn handle(&self) -> tokio::runtime::Handle {
-        match &self.0 {
-            Some(rt) => rt.handle().clone(),
-            None => tokio::runtime::Handle::current(),
-        }
+    /// Where a busy guest is moved to; `None`: guests stay on the runtime they started on.
+    pub fn handle(&self) -> Option<GuestHandle> {
+        self.rt.as_ref().map(|rt| GuestHandle {
+            runtime: rt.handle().clone(),
+            moved: self.moved.clone(),
+        })
+    }
+
+    /// Requests whose guest was moved to these threads since the start.
+    pub fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
     }
 }
 
@@ -186,7 +211,7 @@ impl Drop for GuestThreads {
     fn drop(&mut self) {
         // Dropping a runtime waits for its threads, which is not allowed from async code; the
         // runtime is usually dropped there (server shutdown, tests).
-        if let Some(rt) = self.0.take() {
+        if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
     }

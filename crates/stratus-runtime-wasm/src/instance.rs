@@ -22,6 +22,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use crate::compile::Loaded;
+use crate::engine::GuestHandle;
 use crate::host::{Host, MemoryExceeded, MemoryLimit, Outbound};
 use crate::output::{LogMeta, LogOutput};
 
@@ -32,7 +33,9 @@ const BACKSTOP_GRACE: Duration = Duration::from_millis(100);
 pub struct WasmInstance {
     id: String,
     engine: Engine,
-    guests: tokio::runtime::Handle,
+    /// Where a guest that keeps computing is moved (see [`Offload`]); `None`: guests stay on
+    /// the caller's runtime.
+    guests: Option<GuestHandle>,
     loaded: Arc<Loaded>,
     report: Arc<Report>,
     env: Arc<Vec<(String, String)>>,
@@ -71,7 +74,7 @@ impl WasmInstance {
     pub fn new(
         id: String,
         engine: Engine,
-        guests: tokio::runtime::Handle,
+        guests: Option<GuestHandle>,
         loaded: Arc<Loaded>,
         spec: Arc<FunctionSpec>,
         version: u32,
@@ -106,7 +109,14 @@ impl WasmInstance {
         }
     }
 
-    fn store(&self, deadline: Instant, request_id: Option<String>) -> Store<Host> {
+    /// The request's store. `busy` is set the first time the guest computes through an epoch
+    /// tick.
+    fn store(
+        &self,
+        deadline: Instant,
+        request_id: Option<String>,
+        busy: Arc<AtomicBool>,
+    ) -> Store<Host> {
         let Report { spec, meta, logs } = &*self.report;
         // The request's output is its own: every line it writes carries its id.
         let meta = &Arc::new(LogMeta {
@@ -157,6 +167,7 @@ impl WasmInstance {
             if Instant::now() >= deadline {
                 Err(wasmtime::Error::new(DeadlineExceeded(timeout)))
             } else {
+                busy.store(true, Ordering::Relaxed);
                 Ok(UpdateDeadline::Yield(1))
             }
         });
@@ -263,6 +274,54 @@ fn platform_response(code: ErrorCode, message: String) -> http::Response<Body> {
     resp
 }
 
+type GuestFuture = Pin<Box<dyn Future<Output = Result<(), Fault>> + Send>>;
+
+/// A request's guest, run where it was spawned (the gateway's thread: no thread hop, no wake-up
+/// of another thread, for the usual request that answers well within one epoch tick) until it
+/// computes through an epoch tick; then it is moved to the guest threads, so a busy guest holds
+/// a gateway thread for at most one tick and then delays only other guests.
+struct Offload {
+    guest: Option<GuestFuture>,
+    /// Set by the store's epoch callback when the guest yields.
+    busy: Arc<AtomicBool>,
+    guests: GuestHandle,
+    moved: Option<tokio::task::JoinHandle<Result<(), Fault>>>,
+}
+
+impl Future for Offload {
+    type Output = Result<(), Fault>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            if let Some(moved) = &mut self.moved {
+                return Pin::new(moved).poll(cx).map(|r| {
+                    r.unwrap_or_else(|e| {
+                        Err(Fault::Trap {
+                            message: format!("the guest's task failed: {e}"),
+                            detail: vec![],
+                            client_gone: false,
+                        })
+                    })
+                });
+            }
+            let guest = self.guest.as_mut().expect("polled after completion");
+            match guest.as_mut().poll(cx) {
+                Poll::Ready(r) => {
+                    self.guest = None;
+                    return Poll::Ready(r);
+                }
+                // Yielded at an epoch tick: it is computing, so it goes to the guest threads.
+                Poll::Pending if self.busy.load(Ordering::Relaxed) => {
+                    let guest = self.guest.take().expect("checked above");
+                    self.guests.moved.fetch_add(1, Ordering::Relaxed);
+                    self.moved = Some(self.guests.runtime.spawn(guest));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
 /// The guest's response body as the gateway reads it: notes when it is dropped before its end,
 /// so a trap that follows is reported as what it is (the client went away), not a guest bug.
 struct Watched {
@@ -318,7 +377,8 @@ impl Instance for WasmInstance {
             .to_string();
         let request_id = rid.clone();
         let deadline = Instant::now() + self.report.spec.limits.timeout;
-        let mut store = self.store(deadline, (rid != "-").then(|| rid.clone()));
+        let busy = Arc::new(AtomicBool::new(false));
+        let mut store = self.store(deadline, (rid != "-").then(|| rid.clone()), busy.clone());
         let (mut parts, body) = req.into_parts();
         // wasi:http wants an authority; a request without a Host header still gets one.
         if !parts.headers.contains_key(http::header::HOST) {
@@ -350,9 +410,10 @@ impl Instance for WasmInstance {
         let report = self.report.clone();
         let gone = Arc::new(AtomicBool::new(false));
         let client_gone = gone.clone();
-        // The guest runs in its own task, on the guest threads: it keeps writing the body after
-        // it has sent the head, and its outcome is logged there, even when the caller has gone.
-        let task = self.guests.spawn(async move {
+        // The guest runs in its own task: it keeps writing the body after it has sent the head,
+        // and its outcome is logged there, even when the caller has gone. The task starts on
+        // the caller's thread and moves to the guest threads only if it keeps computing.
+        let guest = async move {
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -378,7 +439,16 @@ impl Instance for WasmInstance {
                 report.fault(&rid, fault);
             }
             result
-        });
+        };
+        let task = match &self.guests {
+            Some(guests) => tokio::spawn(Offload {
+                guest: Some(Box::pin(guest)),
+                busy,
+                guests: guests.clone(),
+                moved: None,
+            }),
+            None => tokio::spawn(guest),
+        };
         let why = match rx.await {
             Ok(Ok(resp)) => {
                 return Ok(resp.map(|b| {

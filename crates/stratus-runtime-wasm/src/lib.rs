@@ -302,6 +302,12 @@ impl WasmRuntime {
         lock(&self.loaded).get(path).and_then(Weak::upgrade)
     }
 
+    /// Requests whose guest computed through an epoch tick and was moved off the caller's
+    /// threads to the guest threads (for tests and diagnostics).
+    pub fn offloaded_requests(&self) -> u64 {
+        self.guests.moved()
+    }
+
     /// How many distinct components are loaded in memory (for tests and diagnostics).
     pub fn loaded_components(&self) -> usize {
         lock(&self.loaded)

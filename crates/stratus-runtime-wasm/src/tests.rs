@@ -383,6 +383,29 @@ async fn a_busy_loop_times_out_without_blocking_other_requests() {
 }
 
 #[tokio::test]
+async fn guests_stay_on_the_callers_thread_until_they_compute_through_an_epoch_tick() {
+    let rig = Rig::new();
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..wasm_limits()
+    };
+    let i = rig.instance(limits, &[]).await;
+    for _ in 0..20 {
+        assert_eq!(call(&i, get("/")).await.0, 200);
+    }
+    // A quick request that spans a tick by chance (a preempted thread) is moved too; most are not.
+    let quick = rig.rt.offloaded_requests();
+    assert!(quick < 10, "{quick} of 20 quick requests were moved");
+    let (status, body) = call(&i, get("/loop")).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(
+        rig.rt.offloaded_requests(),
+        quick + 1,
+        "the spinning guest moved to the guest threads once"
+    );
+}
+
+#[tokio::test]
 async fn memory_past_the_limit_is_a_500_and_a_log_line() {
     let rig = Rig::new();
     let i = rig.instance(wasm_limits(), &[]).await;

@@ -21,8 +21,10 @@ pub const PANIC_HOLD_MS: u64 = 10_000;
 
 #[derive(Debug, Clone, Default)]
 pub struct AutoscalerState {
-    /// (time, demand) samples, oldest first, covering the stable window.
-    samples: VecDeque<(u64, u32)>,
+    /// The demand samples covering the stable window, oldest first, as runs of equal demand:
+    /// an idle pool (most of them, with thousands of functions deployed) holds one run instead
+    /// of the 300 samples of a minute of 200 ms ticks.
+    samples: VecDeque<Run>,
     panic_until: u64,
     /// Since when the wanted size has stayed below the current one.
     low_since: Option<u64>,
@@ -49,24 +51,94 @@ pub struct AutoscaleDecision {
     pub reason: String,
 }
 
-fn average(samples: &VecDeque<(u64, u32)>, since: u64) -> f64 {
-    let (sum, n) = samples
-        .iter()
-        .filter(|(t, _)| *t > since)
-        .fold((0u64, 0u64), |(s, n), (_, d)| (s + *d as u64, n + 1));
+/// `n` consecutive samples of the same demand, from `first` to `last`. The samples inside are
+/// taken as evenly spaced (the fleet's tick is), which is exact for the ends and within one
+/// sample of the truth where a window's edge cuts a run whose tick jittered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Run {
+    first: u64,
+    last: u64,
+    demand: u32,
+    n: u32,
+}
+
+impl Run {
+    /// The time of sample `i`.
+    fn at(&self, i: u32) -> u64 {
+        if self.n <= 1 {
+            return self.first;
+        }
+        let span = u128::from(self.last - self.first);
+        self.first + (span * u128::from(i) / u128::from(self.n - 1)) as u64
+    }
+
+    /// How many of its samples are later than `since`.
+    fn after(&self, since: u64) -> u32 {
+        if self.first > since {
+            return self.n;
+        }
+        if self.last <= since {
+            return 0;
+        }
+        // The first sample past `since`, by binary search over the evenly spaced times.
+        let (mut lo, mut hi) = (0, self.n - 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.at(mid) > since {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        self.n - lo
+    }
+}
+
+fn average(samples: &VecDeque<Run>, since: u64) -> f64 {
+    let (sum, n) = samples.iter().fold((0u64, 0u64), |(s, n), r| {
+        let k = u64::from(r.after(since));
+        (s + k * u64::from(r.demand), n + k)
+    });
     if n == 0 { 0.0 } else { sum as f64 / n as f64 }
+}
+
+/// Adds a sample and forgets those older than the stable window.
+fn record(samples: &mut VecDeque<Run>, now: u64, demand: u32) {
+    match samples.back_mut() {
+        Some(r) if r.demand == demand && r.n < u32::MAX => {
+            r.last = now;
+            r.n += 1;
+        }
+        _ => samples.push_back(Run {
+            first: now,
+            last: now,
+            demand,
+            n: 1,
+        }),
+    }
+    if let Some(cutoff) = now.checked_sub(STABLE_WINDOW_MS + 1) {
+        while let Some(r) = samples.front_mut() {
+            let keep = r.after(cutoff);
+            if keep == 0 {
+                samples.pop_front();
+                continue;
+            }
+            if keep < r.n {
+                r.first = r.at(r.n - keep);
+                r.n = keep;
+            }
+            break;
+        }
+    }
+    // A busy spell leaves a long queue's capacity behind; give it back once demand settles.
+    if samples.capacity() > 16 && samples.len() * 4 < samples.capacity() {
+        samples.shrink_to(samples.len() * 2);
+    }
 }
 
 pub fn autoscale(state: &mut AutoscalerState, input: AutoscaleInput<'_>) -> AutoscaleDecision {
     let now = input.now_ms;
-    state.samples.push_back((now, input.demand));
-    while state
-        .samples
-        .front()
-        .is_some_and(|(t, _)| *t + STABLE_WINDOW_MS < now)
-    {
-        state.samples.pop_front();
-    }
+    record(&mut state.samples, now, input.demand);
     let per_instance = (input.concurrency as f64 * input.scaling.target_utilization).max(1.0);
     let stable = average(&state.samples, now.saturating_sub(STABLE_WINDOW_MS));
     let burst = average(&state.samples, now.saturating_sub(PANIC_WINDOW_MS));
@@ -231,6 +303,76 @@ mod tests {
         // No demand at all: the autoscaler keeps one; the idle reaper decides about zero.
         let (_, d) = run(&mut st, t, 120_000, 0, &mut current, &s);
         assert_eq!((current, d.desired), (1, 1));
+    }
+
+    /// The window averages of the plain list of samples the runs stand for.
+    fn naive(samples: &[(u64, u32)], now: u64) -> (f64, f64) {
+        let avg = |since: u64| {
+            let w: Vec<_> = samples
+                .iter()
+                .filter(|(t, _)| *t > since && *t + STABLE_WINDOW_MS >= now)
+                .collect();
+            if w.is_empty() {
+                0.0
+            } else {
+                w.iter().map(|(_, d)| f64::from(*d)).sum::<f64>() / w.len() as f64
+            }
+        };
+        (
+            avg(now.saturating_sub(STABLE_WINDOW_MS)),
+            avg(now.saturating_sub(PANIC_WINDOW_MS)),
+        )
+    }
+
+    #[test]
+    fn runs_of_samples_average_like_the_samples_and_stay_small_when_idle() {
+        let mut runs = VecDeque::new();
+        let mut plain = Vec::new();
+        let mut seed = 7u64;
+        let mut t = 0;
+        // Four minutes of bursty demand on an even 200 ms tick, then ten idle minutes.
+        for step in 0..(20 * 60 * 5) {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let demand = if step < 4 * 60 * 5 {
+                [0, 0, 3, 3, 3, 17][(seed >> 33) as usize % 6]
+            } else {
+                0
+            };
+            record(&mut runs, t, demand);
+            plain.push((t, demand));
+            let (stable, burst) = naive(&plain, t);
+            assert!(
+                (average(&runs, t.saturating_sub(STABLE_WINDOW_MS)) - stable).abs() < 1e-9
+                    && (average(&runs, t.saturating_sub(PANIC_WINDOW_MS)) - burst).abs() < 1e-9,
+                "at {t} ms"
+            );
+            t += 200;
+        }
+        assert_eq!(runs.len(), 1, "an idle minute is one run: {runs:?}");
+        assert!(runs.capacity() <= 16, "capacity {}", runs.capacity());
+    }
+
+    #[test]
+    fn runs_of_jittered_ticks_stay_within_a_sample_of_the_truth() {
+        let mut runs = VecDeque::new();
+        let mut plain = Vec::new();
+        let mut t = 0;
+        for step in 0..3000u64 {
+            // Ticks late by up to 30 ms (a busy executor), demand changing now and then.
+            t += 200 + (step * 7919 % 31);
+            let demand = [0, 5, 5, 9][(step / 40 % 4) as usize];
+            record(&mut runs, t, demand);
+            plain.push((t, demand));
+            let (stable, _) = naive(&plain, t);
+            let got = average(&runs, t.saturating_sub(STABLE_WINDOW_MS));
+            // A sample of 9 more or less at each end of a window of about 280.
+            assert!(
+                (got - stable).abs() <= 18.0 / 250.0,
+                "at {t} ms: {got} vs {stable}"
+            );
+        }
     }
 
     #[test]

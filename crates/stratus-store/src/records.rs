@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use stratus_core::{AliasName, FunctionName, FunctionSpec, TrafficPolicy, VersionNumber};
 
@@ -158,7 +160,9 @@ pub struct RoutingSnapshot {
 pub struct RoutableFunction {
     pub name: FunctionName,
     pub aliases: Vec<AliasRecord>,
-    pub versions: Vec<VersionRecord>,
+    /// Shared, not copied: versions never change, so a backend may hand out the same record
+    /// for every snapshot (the router reads one after every change).
+    pub versions: Vec<Arc<VersionRecord>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,3 +1,5 @@
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use stratus_core::{AliasName, FunctionName, TrafficPolicy, VersionNumber, now_ms};
@@ -10,6 +12,10 @@ use tokio::sync::watch;
 
 use super::rows::*;
 use super::{SqliteStore, db};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 #[async_trait]
 impl Metastore for SqliteStore {
@@ -91,8 +97,11 @@ impl Metastore for SqliteStore {
 
     async fn delete_function(&self, name: &FunctionName) -> Result<()> {
         let name = name.to_string();
+        let cache = self.versions.clone();
         self.write(move |tx| {
             function_exists(tx, &name)?;
+            // Under the connection: no snapshot runs between this and the commit.
+            lock(&cache).remove(&name);
             for table in ["alias_history", "aliases", "versions", "releases"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE function = ?1"), [&name])
                     .map_err(db)?;
@@ -134,6 +143,7 @@ impl Metastore for SqliteStore {
 
     async fn delete_version(&self, name: &FunctionName, v: VersionNumber) -> Result<()> {
         let name = name.to_string();
+        let cache = self.versions.clone();
         self.write(move |tx| {
             function_exists(tx, &name)?;
             let users: Vec<String> = aliases_of(tx, &name)?
@@ -147,6 +157,9 @@ impl Metastore for SqliteStore {
                     version: v,
                     aliases: users.join(", "),
                 });
+            }
+            if let Some(m) = lock(&cache).get_mut(&name) {
+                m.remove(&v.0);
             }
             let n = tx
                 .execute(
@@ -405,25 +418,84 @@ impl Metastore for SqliteStore {
 
     async fn routing_snapshot(&self) -> Result<RoutingSnapshot> {
         let generation = *self.changes.borrow();
+        let cache = self.versions.clone();
         self.with(move |c| {
+            // Three scans, not two queries per function: the router reads this after every
+            // change, and with thousands of functions the per-function queries were most of a
+            // deploy's time.
             let tx = c.transaction().map_err(db)?;
             let mut st = tx
                 .prepare_cached("SELECT name FROM functions ORDER BY name")
                 .map_err(db)?;
-            let names: Vec<String> = st
-                .query_map([], |r| r.get(0))
+            let mut functions = st
+                .query_map([], |r| r.get::<_, String>(0))
                 .map_err(db)?
-                .collect::<rusqlite::Result<_>>()
-                .map_err(db)?;
+                .map(|n| {
+                    Ok(RoutableFunction {
+                        name: FunctionName::new(n.map_err(db)?).map_err(backend)?,
+                        aliases: vec![],
+                        versions: vec![],
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             drop(st);
-            let mut functions = Vec::with_capacity(names.len());
-            for n in names {
-                functions.push(RoutableFunction {
-                    name: FunctionName::new(n.clone()).map_err(backend)?,
-                    aliases: aliases_of(&tx, &n)?,
-                    versions: versions_of(&tx, &n)?,
-                });
+            let mut st = tx
+                .prepare_cached(&format!(
+                    "SELECT {ALIAS_COLS} FROM aliases ORDER BY function, name"
+                ))
+                .map_err(db)?;
+            // Both lists are ordered by function name, as `functions` is: walk them together.
+            let mut at = 0;
+            for raw in st.query_map([], read_alias).map_err(db)? {
+                let a = to_alias(raw.map_err(db)?)?;
+                while at < functions.len() && functions[at].name.as_str() < a.function.as_str() {
+                    at += 1;
+                }
+                if let Some(f) = functions.get_mut(at).filter(|f| f.name == a.function) {
+                    f.aliases.push(a);
+                }
             }
+            drop(st);
+            // Versions never change: only the keys are read, and a version not seen before is
+            // read and parsed once, then shared by every later snapshot.
+            let mut keys = tx
+                .prepare_cached("SELECT function, number FROM versions ORDER BY function, number")
+                .map_err(db)?;
+            let mut rows = keys.query([]).map_err(db)?;
+            let mut cache = lock(&cache);
+            let mut at = 0;
+            while let Some(row) = rows.next().map_err(db)? {
+                let function = row.get_ref(0).map_err(db)?.as_str().map_err(backend)?;
+                let number: u32 = row.get(1).map_err(db)?;
+                while at < functions.len() && functions[at].name.as_str() < function {
+                    at += 1;
+                }
+                let Some(f) = functions.get_mut(at).filter(|f| f.name.as_str() == function) else {
+                    continue;
+                };
+                let cached = cache.get(function).and_then(|m| m.get(&number)).cloned();
+                let v = match cached {
+                    Some(v) => v,
+                    None => {
+                        let raw = tx
+                            .prepare_cached(&format!(
+                                "SELECT {VERSION_COLS} FROM versions WHERE function = ?1 AND number = ?2"
+                            ))
+                            .map_err(db)?
+                            .query_row(params![function, number], read_version)
+                            .map_err(db)?;
+                        let v = Arc::new(to_version(raw)?);
+                        cache
+                            .entry(function.to_string())
+                            .or_default()
+                            .insert(number, v.clone());
+                        v
+                    }
+                };
+                f.versions.push(v);
+            }
+            drop(rows);
+            drop(keys);
             Ok(RoutingSnapshot {
                 generation,
                 functions,

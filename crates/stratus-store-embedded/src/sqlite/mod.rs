@@ -76,7 +76,15 @@ pub struct SqliteStore {
     queue: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<events::Op>>>,
     /// Transactions the group commit ran (tests check that writes were grouped).
     queue_commits: Arc<std::sync::atomic::AtomicU64>,
+    /// Versions as read for routing snapshots, by function and number: versions never change,
+    /// so each is parsed once and every snapshot shares it (deleting evicts).
+    versions: Arc<Mutex<VersionCache>>,
 }
+
+pub(crate) type VersionCache = std::collections::HashMap<
+    String,
+    std::collections::HashMap<u32, Arc<stratus_store::VersionRecord>>,
+>;
 
 pub(crate) fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("sqlite: {e}"))
@@ -120,6 +128,7 @@ impl SqliteStore {
             changes: Arc::new(watch::channel(0).0),
             queue: Arc::default(),
             queue_commits: Arc::default(),
+            versions: Arc::default(),
         })
     }
 
