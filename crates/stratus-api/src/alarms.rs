@@ -8,7 +8,7 @@
 //! to a delivery task that retries with backoff and reports back. The evaluator is the only
 //! writer of alarm state, and its writes never bring a deleted alarm back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,9 +49,14 @@ impl Totals {
     }
 }
 
-fn totals(stats: &TrafficStats) -> HashMap<String, Totals> {
+/// The counters of the functions that have alarms (only those: a sample of every function with
+/// traffic, kept for an hour, would grow with the number of functions, not of alarms).
+fn totals(stats: &TrafficStats, watched: &HashSet<&str>) -> HashMap<String, Totals> {
     let mut out: HashMap<String, Totals> = HashMap::new();
     for v in stats.counters() {
+        if !watched.contains(v.function.as_str()) {
+            continue;
+        }
         let t = out.entry(v.function.clone()).or_default();
         t.requests += v.classes.iter().sum::<u64>();
         t.errors += v.errors;
@@ -146,11 +151,6 @@ pub fn spawn_evaluator(cp: &Arc<ControlPlane>, every: Duration) -> tokio::task::
                     continue;
                 }
             }
-            let now = now_ms();
-            history.push_back((now, totals(&cp.stats)));
-            while history.len() > HISTORY {
-                history.pop_front();
-            }
             let alarms = match cp.store.list_alarms().await {
                 Ok(a) => a,
                 Err(e) => {
@@ -158,16 +158,27 @@ pub fn spawn_evaluator(cp: &Arc<ControlPlane>, every: Duration) -> tokio::task::
                     continue;
                 }
             };
+            let now = now_ms();
+            let watched: HashSet<&str> = alarms.iter().map(|a| a.function.as_str()).collect();
+            history.push_back((now, totals(&cp.stats, &watched)));
+            // Kept as far back as the longest window needs (an hour at most).
+            let keep_ms = alarms.iter().map(|a| a.window_ms as i64).max().unwrap_or(0)
+                + 2 * every.as_millis() as i64;
+            while history.len() > HISTORY || (history.len() > 1 && history[1].0 <= now - keep_ms) {
+                history.pop_front();
+            }
             let (_, current) = history.back().expect("just pushed");
             for mut alarm in alarms {
                 let from = now - alarm.window_ms as i64;
-                // The newest sample at or before the window's start (else the oldest we have).
+                // The newest sample at or before the window's start that knew the function
+                // (else the oldest that did: an alarm newer than its window sees less).
+                let knows = |m: &HashMap<String, Totals>| m.contains_key(&alarm.function);
                 let (at, earlier) = history
                     .iter()
                     .rev()
-                    .find(|(t, _)| *t <= from)
-                    .or(history.front())
-                    .expect("not empty");
+                    .find(|(t, m)| *t <= from && knows(m))
+                    .or_else(|| history.iter().find(|(_, m)| knows(m)))
+                    .unwrap_or_else(|| history.back().expect("not empty"));
                 let empty = Totals::default();
                 let window = current
                     .get(&alarm.function)
