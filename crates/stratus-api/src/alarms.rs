@@ -8,7 +8,7 @@
 //! to a delivery task that retries with backoff and reports back. The evaluator is the only
 //! writer of alarm state, and its writes never bring a deleted alarm back.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,14 +49,10 @@ impl Totals {
     }
 }
 
-/// The counters of the functions that have alarms (only those: a sample of every function with
-/// traffic, kept for an hour, would grow with the number of functions, not of alarms).
-fn totals(stats: &TrafficStats, watched: &HashSet<&str>) -> HashMap<String, Totals> {
+/// Every function's counters (a function missing from a sample had no traffic yet: zero).
+fn totals(stats: &TrafficStats) -> HashMap<String, Totals> {
     let mut out: HashMap<String, Totals> = HashMap::new();
     for v in stats.counters() {
-        if !watched.contains(v.function.as_str()) {
-            continue;
-        }
         let t = out.entry(v.function.clone()).or_default();
         t.requests += v.classes.iter().sum::<u64>();
         t.errors += v.errors;
@@ -159,9 +155,9 @@ pub fn spawn_evaluator(cp: &Arc<ControlPlane>, every: Duration) -> tokio::task::
                 }
             };
             let now = now_ms();
-            let watched: HashSet<&str> = alarms.iter().map(|a| a.function.as_str()).collect();
-            history.push_back((now, totals(&cp.stats, &watched)));
-            // Kept as far back as the longest window needs (an hour at most).
+            history.push_back((now, totals(&cp.stats)));
+            // Kept only as far back as the longest window needs (an hour at most): samples of
+            // every function, so their memory grows with functions times that window.
             let keep_ms = alarms.iter().map(|a| a.window_ms as i64).max().unwrap_or(0)
                 + 2 * every.as_millis() as i64;
             while history.len() > HISTORY || (history.len() > 1 && history[1].0 <= now - keep_ms) {
@@ -170,15 +166,13 @@ pub fn spawn_evaluator(cp: &Arc<ControlPlane>, every: Duration) -> tokio::task::
             let (_, current) = history.back().expect("just pushed");
             for mut alarm in alarms {
                 let from = now - alarm.window_ms as i64;
-                // The newest sample at or before the window's start that knew the function
-                // (else the oldest that did: an alarm newer than its window sees less).
-                let knows = |m: &HashMap<String, Totals>| m.contains_key(&alarm.function);
+                // The newest sample at or before the window's start (else the oldest we have).
                 let (at, earlier) = history
                     .iter()
                     .rev()
-                    .find(|(t, m)| *t <= from && knows(m))
-                    .or_else(|| history.iter().find(|(_, m)| knows(m)))
-                    .unwrap_or_else(|| history.back().expect("not empty"));
+                    .find(|(t, _)| *t <= from)
+                    .or(history.front())
+                    .expect("not empty");
                 let empty = Totals::default();
                 let window = current
                     .get(&alarm.function)
