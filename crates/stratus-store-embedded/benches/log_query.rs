@@ -77,7 +77,10 @@ async fn main() {
     let path = std::env::var("DB")
         .map(Into::into)
         .unwrap_or_else(|_| tmp.path().join("logs.db"));
-    let store = SqliteStore::open(&path).unwrap();
+    // The log store's page cache as `stratus serve` opens it.
+    let store = SqliteStore::open(&path)
+        .and_then(|s| s.with_cache_kib(32 * 1024))
+        .unwrap();
     let now = now_ms();
     let span = 24 * 3600 * 1000;
     let have = store
