@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 use stratus_runtime::{Body, DirectEvent, full_body};
 use stratus_store::Invocation;
+use stratus_telemetry::context::TraceContext;
 
 use crate::retry::Condition;
 
@@ -13,58 +14,28 @@ fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// A W3C `traceparent` as the spec allows it (version 00 layout, lowercase hex, non-zero ids),
-/// or `None`: an invalid one is ignored, never stored.
+/// A W3C `traceparent` as the spec allows it, normalized, or `None`: an invalid one is ignored,
+/// never stored.
 pub fn valid_traceparent(h: &str) -> Option<String> {
-    let h = h.trim();
-    let parts: Vec<&str> = h.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
-    match parts.as_slice() {
-        [v, t, s, f, ..]
-            if hex(v, 2)
-                && *v != "ff"
-                && (*v != "00" || parts.len() == 4)
-                && hex(t, 32)
-                && nonzero(t)
-                && hex(s, 16)
-                && nonzero(s)
-                && hex(f, 2) =>
-        {
-            Some(format!("00-{t}-{s}-{f}"))
-        }
-        _ => None,
-    }
+    TraceContext::parse(h).map(|t| t.header())
 }
 
 /// The trace an attempt of `inv` runs in, as (the `traceparent` sent to the function, its trace
 /// id): the stored trace with a new span id, or, for an invocation nobody traced (a timer fire),
 /// a trace named after the invocation, so all its attempts share one trace.
 pub fn attempt_trace(inv: &Invocation) -> (String, String) {
-    let span = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
-    if let Some(tp) = inv.traceparent.as_deref().and_then(valid_traceparent) {
-        let mut p = tp.split('-');
-        let (_, trace, _, flags) = (
-            p.next(),
-            p.next().unwrap_or_default(),
-            p.next(),
-            p.next().unwrap_or("01"),
-        );
-        return (format!("00-{trace}-{span}-{flags}"), trace.to_string());
-    }
-    let named = inv
-        .id
-        .strip_prefix("inv-")
-        .filter(|h| {
-            h.len() == 32
-                && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-                && h.bytes().any(|b| b != b'0')
+    let parent = inv
+        .traceparent
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .or_else(|| {
+            // `inv-` and 32 hex digits: the invocation's uuid is its trace id.
+            let id = inv.id.strip_prefix("inv-")?;
+            TraceContext::parse(&format!("00-{id}-0000000000000001-01"))
         })
-        .map(str::to_string);
-    let trace = named.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    (format!("00-{trace}-{span}-01"), trace)
+        .unwrap_or_else(TraceContext::new_root);
+    let attempt = parent.child();
+    (attempt.header(), attempt.trace_id_hex())
 }
 
 /// `POST /` with the payload as the body and the event's attributes as `ce-*` headers (and the

@@ -22,10 +22,9 @@ mod observe;
 mod proxy;
 mod server;
 mod shadow;
-mod trace;
 mod view;
 
 pub use observe::Observers;
 pub use proxy::Gateway;
 pub use server::serve;
-pub use trace::TraceContext;
+pub use stratus_telemetry::context::TraceContext;

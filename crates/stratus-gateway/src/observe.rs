@@ -16,7 +16,7 @@ use stratus_store::{RequestRecord, Trigger, VersionRecord};
 use stratus_telemetry::trace::{AttrValue, SpanKind, SpanRecord, Tracer};
 
 use crate::capture::Capture;
-use crate::trace::TraceContext;
+use stratus_telemetry::context::TraceContext;
 
 /// The request's identity and its timeline through the gateway's stages.
 pub(crate) struct Timeline {

@@ -18,8 +18,8 @@ use crate::body::{Leased, Limited};
 use crate::capture::Capture;
 use crate::observe::{Finished, Observers, Report, Timeline};
 use crate::shadow::{Hashed, PrimaryOutcome, Tee, run_mirror};
-use crate::trace::TraceContext;
 use crate::view::HttpView;
+use stratus_telemetry::context::TraceContext;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");

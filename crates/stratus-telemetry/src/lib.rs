@@ -8,6 +8,7 @@
 //! mode.
 #![forbid(unsafe_code)]
 
+pub mod context;
 pub mod metrics;
 pub mod stats;
 pub mod trace;

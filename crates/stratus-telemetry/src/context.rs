@@ -1,3 +1,5 @@
+//! W3C trace context, shared by the gateway (requests) and the event engine (async attempts).
+
 use rand::Rng;
 
 /// A W3C trace context (`traceparent`): version 00, 16-byte trace id, 8-byte parent span id,
