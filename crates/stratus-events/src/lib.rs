@@ -93,6 +93,12 @@ struct Seen {
     init: Option<std::time::Duration>,
 }
 
+/// The caller's `traceparent`, normalized, if it is valid (an invalid one is ignored, never stored).
+fn stored_trace(h: Option<&str>) -> Option<String> {
+    h.and_then(stratus_telemetry::context::TraceContext::parse)
+        .map(|t| t.header())
+}
+
 pub struct Engine {
     store: Arc<dyn EventStore>,
     router: Arc<Router>,
@@ -180,7 +186,7 @@ impl Engine {
                 source: "stratus/api".into(),
                 created_at: now,
                 not_before: now,
-                traceparent: traceparent.and_then(mapping::valid_traceparent),
+                traceparent: stored_trace(traceparent),
             })
             .await?;
         self.wake_for(function.as_str());
@@ -345,7 +351,7 @@ impl Engine {
             status: None,
             errors: vec![],
             owner: None,
-            traceparent: traceparent.and_then(mapping::valid_traceparent),
+            traceparent: stored_trace(traceparent),
         };
         self.invoke_once(&inv).await
     }

@@ -1,11 +1,13 @@
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use stratus_runtime::{Body, BoxError};
+
+use crate::capture::BodyCopy;
 
 /// A response body that keeps its instance slot leased until the last frame is sent (or the
 /// client goes away and the body is dropped).
@@ -50,6 +52,8 @@ pub struct Limited<B> {
     pub exceeded: Arc<AtomicBool>,
     /// Bytes passed through so far (for the request record).
     pub counted: Arc<AtomicU64>,
+    /// Where the first bytes are copied when the request is captured for replay.
+    pub copy: Option<Arc<Mutex<BodyCopy>>>,
 }
 
 impl<B> HttpBody for Limited<B>
@@ -74,6 +78,9 @@ where
                     }
                     self.remaining -= n;
                     self.counted.fetch_add(n, Ordering::Relaxed);
+                    if let Some(c) = &self.copy {
+                        c.lock().unwrap_or_else(|p| p.into_inner()).push(data);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

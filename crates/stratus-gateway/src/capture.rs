@@ -1,20 +1,16 @@
 //! Capture of sampled requests for replay (the manifest's `[capture]`). The gateway copies the
-//! first `max_body` bytes of each body as they stream past (never holding a frame back), and
+//! first `max_body` bytes of each body as they stream past (never holding a frame back: the
+//! request's in `Limited`, the response's in `Finished`), and
 //! when the response ends it redacts the copy and hands it to the request sink, which queues it
 //! like a request record. Redaction happens here, before the store, so a credential is never
 //! written anywhere.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::HeaderMap;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde_json::Value;
 use stratus_core::CaptureSpec;
-use stratus_runtime::BoxError;
 use stratus_store::{CaptureRecord, CapturedBody, CapturedRequest, CapturedResponse};
 
 /// The first `limit` bytes of a body, and how long the whole was.
@@ -84,12 +80,9 @@ impl Capture {
         }
     }
 
-    /// Wraps the request body so its first bytes are copied here as the function reads them.
-    pub(crate) fn tap<B>(&self, inner: B) -> Tap<B> {
-        Tap {
-            inner,
-            copy: self.request_body.clone(),
-        }
+    /// Where the request body's first bytes go as the function reads them.
+    pub(crate) fn request_copy(&self) -> Arc<Mutex<BodyCopy>> {
+        self.request_body.clone()
     }
 
     pub(crate) fn respond(&mut self, status: u16, headers: &HeaderMap) {
@@ -131,39 +124,6 @@ impl Capture {
             request,
             response,
         }
-    }
-}
-
-/// A request body that copies what passes through into a capture.
-pub(crate) struct Tap<B> {
-    inner: B,
-    copy: Arc<Mutex<BodyCopy>>,
-}
-
-impl<B> HttpBody for Tap<B>
-where
-    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &poll
-            && let Some(d) = frame.data_ref()
-        {
-            self.copy.lock().expect("not poisoned").push(d);
-        }
-        poll
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

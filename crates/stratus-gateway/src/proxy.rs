@@ -439,11 +439,9 @@ impl Gateway {
             remaining: limit,
             exceeded: exceeded.clone(),
             counted: bytes_in,
+            copy: served.timeline.capture.as_ref().map(|c| c.request_copy()),
         }
         .boxed_unsync();
-        if let Some(c) = &served.timeline.capture {
-            body = c.tap(body).boxed_unsync();
-        }
         if let Some(target) = resolved.shadow.filter(|s| random / 7 % 100 < s.percent) {
             body = self.start_mirror(target, &parts, body, &mut served);
         }

@@ -126,5 +126,12 @@ mod tests {
             assert!(TraceContext::parse(bad).is_none(), "{bad:?}");
         }
         assert_eq!(TraceContext::new_root().header().len(), 55);
+        // A later version may add fields; its first four are read, and it continues as 00.
+        assert_eq!(
+            TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
+                .map(|t| t.header())
+                .as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
     }
 }

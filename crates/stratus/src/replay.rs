@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 use stratus_store::{CaptureRecord, CapturedBody};
 
@@ -111,7 +112,10 @@ pub async fn run(args: ReplayArgs, c: &ClientArgs) -> Result<()> {
     let id = &args.request_id;
     let capture: CaptureRecord = serde_json::from_value(
         client
-            .get(&format!("/requests/{}/capture", encode(id)))
+            .get(&format!(
+                "/requests/{}/capture",
+                utf8_percent_encode(id, NON_ALPHANUMERIC)
+            ))
             .await?,
     )
     .context("the API answered with a capture this CLI cannot read")?;
@@ -219,18 +223,6 @@ pub async fn run(args: ReplayArgs, c: &ClientArgs) -> Result<()> {
         print!("{}", side_by_side(&capture, &replayed, columns()));
     }
     Ok(())
-}
-
-fn encode(id: &str) -> String {
-    id.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn body_warnings(what: &str, b: &CapturedBody) -> Vec<String> {

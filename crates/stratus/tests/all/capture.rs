@@ -76,13 +76,8 @@ async fn captured_requests_are_redacted_and_replay_to_a_version_and_a_local_serv
 
     // The capture: redacted before it was stored, with the response beside it.
     let cap = eventually(Duration::from_secs(10), || async {
-        let r = s
-            .api_req(reqwest::Method::GET, &format!("/requests/{id}/capture"))
-            .send()
-            .await
-            .unwrap();
-        (r.status() == 200).then_some(())?;
-        r.json::<Value>().await.ok()
+        let (code, cap) = s.api_json(&format!("/requests/{id}/capture")).await;
+        (code == 200).then_some(cap)
     })
     .await
     .expect("the request was captured");
@@ -136,13 +131,8 @@ async fn captured_requests_are_redacted_and_replay_to_a_version_and_a_local_serv
     let replay_id = out["replay"]["request_id"].as_str().unwrap().to_string();
     assert_ne!(replay_id, id);
     let rec = eventually(Duration::from_secs(10), || async {
-        let r = s
-            .api_req(reqwest::Method::GET, &format!("/requests/{replay_id}"))
-            .send()
-            .await
-            .unwrap();
-        (r.status() == 200).then_some(())?;
-        r.json::<Value>().await.ok()
+        let (code, rec) = s.api_json(&format!("/requests/{replay_id}")).await;
+        (code == 200).then_some(rec)
     })
     .await
     .expect("the replay has a record");
@@ -205,12 +195,7 @@ async fn replay_says_why_when_there_is_no_capture() {
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     // Its record exists, its capture does not: the function has no [capture].
     eventually(Duration::from_secs(10), || async {
-        let r = s
-            .api_req(reqwest::Method::GET, &format!("/requests/{id}"))
-            .send()
-            .await
-            .unwrap();
-        (r.status() == 200).then_some(())
+        (s.api_json(&format!("/requests/{id}")).await.0 == 200).then_some(())
     })
     .await
     .expect("a record");

@@ -171,6 +171,17 @@ impl Server {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// GET an API path (under `/api/v1`): its status and JSON body (null when not JSON).
+    pub async fn api_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .api_req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     pub fn api_req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         http()
             .request(method, format!("{}/api/v1{path}", self.api))

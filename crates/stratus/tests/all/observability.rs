@@ -24,12 +24,6 @@ fn requests_of(v: &[Value]) -> Vec<&Value> {
     v.iter().filter(|e| e["kind"] == "request").collect()
 }
 
-async fn api_json(s: &Server, path: &str) -> (u16, Value) {
-    let r = s.api_req(reqwest::Method::GET, path).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn records(s: &Server, args: &[&str], want: usize) -> Vec<Value> {
     let mut all = vec!["logs", "echo", "--json"];
     all.extend_from_slice(args);
@@ -133,13 +127,13 @@ async fn request_records_metrics_and_the_global_view() {
     );
 
     // The API: one record with its lines, and a clear 404 / 400.
-    let (code, rec) = api_json(&s, "/requests/obs-1").await;
+    let (code, rec) = s.api_json("/requests/obs-1").await;
     assert_eq!(code, 200, "{rec}");
     assert_eq!(rec["request_id"], "obs-1");
     assert!(rec["lines"].is_array());
-    let (code, _) = api_json(&s, "/requests/nope").await;
+    let (code, _) = s.api_json("/requests/nope").await;
     assert_eq!(code, 404);
-    let (code, body) = api_json(&s, "/requests?status=7xx").await;
+    let (code, body) = s.api_json("/requests?status=7xx").await;
     assert_eq!(code, 400, "{body}");
     let bad = s.cli(&["logs", "echo", "--since", "yesterday"]);
     assert_ne!(bad.code(), 0);
@@ -193,7 +187,7 @@ async fn request_records_metrics_and_the_global_view() {
     }
 
     // The global view: the same numbers for a window, per function and overall.
-    let (code, sum) = api_json(&s, "/summary?window=5m").await;
+    let (code, sum) = s.api_json("/summary?window=5m").await;
     assert_eq!(code, 200, "{sum}");
     let echo = &sum["functions"][0];
     assert_eq!(echo["function"], "echo");
@@ -208,7 +202,7 @@ async fn request_records_metrics_and_the_global_view() {
         "the timeout is the slowest: {echo}"
     );
     assert_eq!(sum["overall"]["requests"].as_u64(), Some(7));
-    let (code, _) = api_json(&s, "/summary?window=soon").await;
+    let (code, _) = s.api_json("/summary?window=soon").await;
     assert_eq!(code, 400);
     let top = s.cli(&["top", "--once", "--window", "5m"]).ok().stdout();
     let row = top
@@ -549,7 +543,7 @@ async fn a_handler_request_record_comes_with_its_own_log_lines() {
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     let rec = eventually(Duration::from_secs(10), || async {
-        let (code, rec) = api_json(&s, "/requests/with-lines-1").await;
+        let (code, rec) = s.api_json("/requests/with-lines-1").await;
         (code == 200 && !rec["lines"].as_array().unwrap().is_empty()).then_some(rec)
     })
     .await
@@ -589,7 +583,7 @@ async fn async_invocations_leave_records_too() {
         .unwrap_or_else(|| panic!("{out}"))
         .to_string();
     let rec = eventually(Duration::from_secs(10), || async {
-        let (code, rec) = api_json(&s, &format!("/requests/{id}")).await;
+        let (code, rec) = s.api_json(&format!("/requests/{id}")).await;
         (code == 200).then_some(rec)
     })
     .await
@@ -624,7 +618,7 @@ async fn async_invocations_leave_records_too() {
         .unwrap()
         .to_string();
     let done = eventually(Duration::from_secs(10), || async {
-        let (_, inv) = api_json(&s, &format!("/invocations/{id}")).await;
+        let (_, inv) = s.api_json(&format!("/invocations/{id}")).await;
         (inv["state"] == "succeeded").then_some(inv)
     })
     .await
