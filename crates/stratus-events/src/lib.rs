@@ -173,7 +173,7 @@ impl Engine {
     ) -> Result<String, EventsError> {
         self.check_target(function, target)?;
         let now = now_ms();
-        let id = format!("inv-{}", uuid::Uuid::new_v4().simple());
+        let id = format!("inv-{}", stratus_telemetry::context::time_ordered_hex());
         self.store
             .enqueue(NewInvocation {
                 id: id.clone(),
@@ -334,7 +334,7 @@ impl Engine {
         self.check_target(function, target)?;
         let now = now_ms();
         let inv = Invocation {
-            id: format!("inv-{}", uuid::Uuid::new_v4().simple()),
+            id: format!("inv-{}", stratus_telemetry::context::time_ordered_hex()),
             function: function.to_string(),
             target: target.to_string(),
             webhook: None,

@@ -69,10 +69,9 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
-    // From the thread-local generator: `Uuid::new_v4` asks the kernel (a syscall) each time.
-    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-    let mut buf = uuid::Uuid::encode_buffer();
-    HeaderValue::from_str(id.simple().encode_lower(&mut buf)).expect("uuid is a valid header")
+    // Time-ordered (UUIDv7), so the log store's request-id index is appended to.
+    HeaderValue::from_str(&stratus_telemetry::context::time_ordered_hex())
+        .expect("hex is a valid header")
 }
 
 pub(crate) fn error_response(err: &PlatformError, request_id: &HeaderValue) -> Response<Body> {

@@ -52,6 +52,13 @@ CREATE INDEX IF NOT EXISTS requests_by_function ON requests(function, id);
 CREATE INDEX IF NOT EXISTS requests_by_start ON requests(start_ms);
 CREATE INDEX IF NOT EXISTS requests_by_request_id ON requests(request_id);
 CREATE INDEX IF NOT EXISTS requests_by_trace_id ON requests(trace_id);
+-- The smallest record id that started in each minute: a time window's records all have ids at
+-- or above the window's first minute's, so a windowed query reads a rowid range found here in
+-- a few rows (instead of walking the window's entries of `requests_by_start` for `min(id)`).
+CREATE TABLE IF NOT EXISTS request_minutes (
+    minute INTEGER PRIMARY KEY,
+    first_id INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS captures (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id TEXT NOT NULL,
@@ -85,7 +92,22 @@ pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
             c.execute_batch("ALTER TABLE logs ADD COLUMN request_id TEXT")?;
         }
     }
+    let has_minutes: bool = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'request_minutes'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
     c.execute_batch(SCHEMA)?;
+    if !has_minutes {
+        // Records written before the table existed: one pass to index their minutes.
+        c.execute_batch(
+            "INSERT INTO request_minutes (minute, first_id)
+             SELECT CASE WHEN start_ms >= 0 THEN start_ms / 60000 ELSE (start_ms - 59999) / 60000 END AS m, min(id)
+             FROM requests GROUP BY m",
+        )?;
+    }
     // Created after the column exists on old databases too.
     c.execute_batch(
         "CREATE INDEX IF NOT EXISTS logs_by_request ON logs(request_id) WHERE request_id IS NOT NULL",
@@ -107,6 +129,15 @@ fn like(text: &str) -> String {
 }
 
 const RECORD_COLUMNS: &str = "id, request_id, trace_id, function, version, instance, trigger, method, path, start_ms, duration_us, queue_us, init_us, status, error, bytes_in, bytes_out";
+
+/// The minute a record's start falls in (`request_minutes`' key).
+fn minute(start_ms: i64) -> i64 {
+    start_ms.div_euclid(60_000)
+}
+
+/// SQL for the smallest id a record that started at or after the bound's minute can have
+/// (past every record when none did). Binds one parameter: the minute.
+const FIRST_ID_FROM_MINUTE: &str = "(SELECT coalesce(min(first_id), (SELECT coalesce(max(id), 0) + 1 FROM requests)) FROM request_minutes WHERE minute >= ?)";
 
 fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
     Ok(RequestRecord {
@@ -220,6 +251,7 @@ impl LogStore for SqliteStore {
                         "INSERT INTO requests (request_id, trace_id, function, version, instance, trigger, method, path, start_ms, duration_us, queue_us, init_us, status, error, bytes_in, bytes_out) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                     )
                     .map_err(db)?;
+                let mut minutes: Vec<(i64, i64)> = Vec::new();
                 for r in &records {
                     st.execute(params![
                         r.request_id,
@@ -240,6 +272,21 @@ impl LogStore for SqliteStore {
                         r.bytes_out as i64,
                     ])
                     .map_err(db)?;
+                    let (m, id) = (minute(r.start_ms), tx.last_insert_rowid());
+                    // A batch spans a minute or two, in order: a short list, not a map.
+                    match minutes.iter_mut().find(|(k, _)| *k == m) {
+                        Some((_, first)) => *first = (*first).min(id),
+                        None => minutes.push((m, id)),
+                    }
+                }
+                let mut up = tx
+                    .prepare_cached(
+                        "INSERT INTO request_minutes (minute, first_id) VALUES (?1, ?2)
+                         ON CONFLICT (minute) DO UPDATE SET first_id = min(first_id, excluded.first_id)",
+                    )
+                    .map_err(db)?;
+                for (m, id) in minutes {
+                    up.execute(params![m, id]).map_err(db)?;
                 }
             }
             tx.commit().map_err(db)
@@ -273,13 +320,9 @@ impl LogStore for SqliteStore {
             }
             if let Some(s) = q.since_ms {
                 push(" AND start_ms >= ?", s.into());
-                // Records are numbered as they are written, so every record of the window has an
-                // id at or above the smallest one there: a rowid range, found through
-                // `requests_by_start`, instead of a scan of the whole table from the newest.
-                push(
-                    " AND id >= (SELECT coalesce(min(id), 0) FROM requests WHERE start_ms >= ?)",
-                    s.into(),
-                );
+                // Every record of the window has an id at or above the first one of the window's
+                // first minute: a rowid range instead of a scan of the whole table.
+                push(&format!(" AND id >= {FIRST_ID_FROM_MINUTE}"), minute(s).into());
             }
             if let Some(u) = q.until_ms {
                 push(" AND start_ms <= ?", u.into());
@@ -333,11 +376,15 @@ impl LogStore for SqliteStore {
                 b
             };
             let mut sql = format!(
-                "SELECT function, {bucket} AS b, count(*), total(status >= 500), total(init_us IS NOT NULL), total(coalesce(error IN ('throttled', 'overloaded'), 0)) FROM requests WHERE start_ms >= ?1 AND start_ms <= ?2"
+                "SELECT function, {bucket} AS b, count(*), total(status >= 500), total(init_us IS NOT NULL), total(coalesce(error IN ('throttled', 'overloaded'), 0)) FROM requests WHERE start_ms >= ?1 AND start_ms <= ?2 AND id >= {FIRST_ID_FROM_MINUTE}"
             );
-            let mut args: Vec<Value> = vec![q.since_ms.into(), q.until_ms.into()];
+            let mut args: Vec<Value> = vec![
+                q.since_ms.into(),
+                q.until_ms.into(),
+                minute(q.since_ms).into(),
+            ];
             if let Some(f) = q.function {
-                sql.push_str(" AND function = ?3");
+                sql.push_str(" AND function = ?");
                 args.push(f.into());
             }
             sql.push_str(" GROUP BY function, b ORDER BY function");
@@ -453,6 +500,13 @@ impl LogStore for SqliteStore {
                     [max_lines as i64],
                 )
                 .map_err(db)?;
+            // Minutes before the oldest record left go; a kept minute's first id may now name a
+            // deleted record, which is still a correct (lower) bound.
+            c.execute(
+                "DELETE FROM request_minutes WHERE minute < (SELECT coalesce(min(start_ms), 0) FROM requests) / 60000 - 1",
+                [],
+            )
+            .map_err(db)?;
             Ok(n as u64)
         })
         .await
@@ -500,5 +554,81 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got.len(), 1, "the new column is written and indexed");
+    }
+
+    fn rec(request_id: &str, start_ms: i64) -> RequestRecord {
+        RequestRecord {
+            id: 0,
+            request_id: request_id.into(),
+            trace_id: "t".into(),
+            function: "f".into(),
+            version: 1,
+            instance: "i".into(),
+            trigger: Trigger::Http,
+            method: "GET".into(),
+            path: "/".into(),
+            start_ms,
+            duration_us: 1,
+            queue_us: 0,
+            init_us: None,
+            status: 200,
+            error: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    async fn window(store: &SqliteStore, since_ms: i64) -> Vec<String> {
+        store
+            .query_requests(RequestQuery {
+                since_ms: Some(since_ms),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_window_finds_records_written_after_later_ones_and_old_databases_are_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs.db");
+        let min = 60_000;
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store
+                .append_requests(vec![rec("a", 10 * min), rec("b", 12 * min + 5)])
+                .await
+                .unwrap();
+            // A long request that started in minute 11 finishes (and is written) after b.
+            store
+                .append_requests(vec![rec("long", 11 * min + 30_000), rec("c", 13 * min)])
+                .await
+                .unwrap();
+            assert_eq!(window(&store, 11 * min).await, ["b", "long", "c"]);
+            assert_eq!(window(&store, 11 * min + 40_000).await, ["b", "c"]);
+            assert_eq!(window(&store, 14 * min).await, Vec::<String>::new());
+            let total = store
+                .summarize(SummaryQuery {
+                    since_ms: 11 * min,
+                    until_ms: 20 * min,
+                    function: None,
+                    bounds_us: vec![],
+                })
+                .await
+                .unwrap();
+            assert_eq!(total[0].requests, 3);
+        }
+        // A database from before `request_minutes`: its records' minutes are indexed on open.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE request_minutes")
+            .unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(window(&store, 11 * min).await, ["b", "long", "c"]);
+        assert_eq!(window(&store, 0).await, ["a", "b", "long", "c"]);
     }
 }
