@@ -95,6 +95,39 @@ def bare_starts(n, tmp):
                 pass
 
 
+def timeline(s, name, since_ms, step_ms=500, rows=12):
+    """Where the slow requests are: the function's request records (the server's own, from its
+    log store) in STEP ms bins of their start, with each bin's count, p99 of the time to
+    response headers, p99 of the wait for a slot, and cold starts. Printed after the burst."""
+    import sqlite3
+    time.sleep(1.5)  # the log writer flushes every 200 ms
+    db = sqlite3.connect(f"file:{s.tmp}/data/logs.db?mode=ro", uri=True)
+    recs = db.execute("SELECT start_ms, duration_us, queue_us, init_us IS NOT NULL FROM requests "
+                      "WHERE function = ? AND start_ms >= ? ORDER BY start_ms", (name, since_ms)).fetchall()
+    db.close()
+    if not recs:
+        print("  (no request records)")
+        return
+    t0 = recs[0][0]
+    bins = {}
+    for start, dur, queue, cold in recs:
+        bins.setdefault((start - t0) // step_ms, []).append((dur, queue, cold))
+
+    def p99(v):
+        v = sorted(v)
+        return v[min(len(v) - 1, int(len(v) * 0.99))] / 1000
+    slow = sorted(d for _, d, _, _ in recs)[int(len(recs) * 0.99)]
+    print(f"  request records of {name!r}: {len(recs)}; overall p99 {slow / 1000:.1f} ms; "
+          f"{sum(1 for r in recs if r[1] >= slow)} at or over it, by start:")
+    print(f"  {'from s':>6} {'requests':>8} {'p99 ms':>8} {'p99 wait ms':>11} {'cold':>5} {'>= p99':>6}")
+    keys = sorted(bins)
+    shown = keys[:rows] + ([k for k in keys[rows:] if any(d >= slow for d, _, _ in bins[k])][:6])
+    for k in shown:
+        b = bins[k]
+        print(f"  {k * step_ms / 1000:>6.1f} {len(b):>8} {p99([d for d, _, _ in b]):>8.1f} "
+              f"{p99([q for _, q, _ in b]):>11.1f} {sum(c for _, _, c in b):>5} {sum(1 for d, _, _ in b if d >= slow):>6}")
+
+
 class Capacity(threading.Thread):
     """Polls ready instances every 50 ms; notes when ready x concurrency first covered demand."""
 
@@ -138,6 +171,7 @@ def main():
         cap = Capacity(s, "burst", CLIENTS)
         cap.start()
         cap.start_at = time.perf_counter()
+        burst_from = int(time.time() * 1000)
         burst = wrk(s.url("/fn/burst/"), CLIENTS, DURATION)
         cap.stop_flag = True
         cap.join()
@@ -154,6 +188,7 @@ def main():
               f"(capacity / floor: {ratio})")
         print(f"p50 ratio {burst[1] / ideal[1]:.2f}, p99 ratio {p99r:.2f} (target <= 2: {'MET' if p99r <= 2 else 'MISSED'}); "
               f"errors {burst[3]} (target 0: {'MET' if burst[3] == 0 else 'MISSED'})")
+        timeline(s, "burst", burst_from)
         print()
 
         before = s.instances("burst")

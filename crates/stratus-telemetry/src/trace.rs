@@ -6,9 +6,9 @@
 //! `ExportTraceServiceRequest`s and POSTs them to `<endpoint>/v1/traces`, retrying a failed
 //! batch a few times before counting it as dropped.
 //!
-//! The messages below are the subset of `opentelemetry/proto/trace/v1` and `common/v1` that we
-//! write, with the field numbers of the published `.proto` files; the test decodes our bytes
-//! with the official generated types (`opentelemetry-proto`), so a wrong tag fails it.
+//! `encode` writes the subset of `opentelemetry/proto/trace/v1` and `common/v1` that we use,
+//! with the field numbers of the published `.proto` files; the test decodes our bytes with the
+//! official generated types (`opentelemetry-proto`), so a wrong tag fails it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +19,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use prost::Message;
 use tokio::sync::mpsc;
 
 /// `Span.SpanKind`.
@@ -167,7 +166,7 @@ async fn export(
         }
         let batch: Vec<SpanRecord> = groups.drain(..).flatten().collect();
         let n = batch.len() as u64;
-        let body = Bytes::from(encode(&config.service_name, batch).encode_to_vec());
+        let body = Bytes::from(encode(&config.service_name, batch));
         let mut sent = false;
         for attempt in 0..3u32 {
             let req = http::Request::post(url.clone())
@@ -202,150 +201,127 @@ async fn export(
     }
 }
 
-fn encode(service: &str, spans: Vec<SpanRecord>) -> pb::ExportTraceServiceRequest {
-    pb::ExportTraceServiceRequest {
-        resource_spans: vec![pb::ResourceSpans {
-            resource: Some(pb::Resource {
-                attributes: vec![
-                    kv("service.name", AttrValue::Str(service.into())),
-                    kv("cloud.provider", AttrValue::Str("stratus".into())),
-                ],
-            }),
-            scope_spans: vec![pb::ScopeSpans {
-                scope: Some(pb::InstrumentationScope {
-                    name: "stratus-gateway".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                }),
-                spans: spans.into_iter().map(span).collect(),
-            }],
-        }],
+/// An `ExportTraceServiceRequest`, written straight from the spans: no intermediate message
+/// structs, so no per-attribute key or id allocations (this runs for every traced request).
+/// Nested messages are length-prefixed, so each span is written to a scratch buffer first.
+fn encode(service: &str, spans: Vec<SpanRecord>) -> Vec<u8> {
+    let mut spans_buf = Vec::with_capacity(spans.len() * 320);
+    let mut scratch = Vec::with_capacity(512);
+    for s in &spans {
+        scratch.clear();
+        span(s, &mut scratch);
+        wire::message(&mut spans_buf, 2, &scratch);
     }
+    // ScopeSpans { scope = 1: InstrumentationScope { name = 1, version = 2 }, spans = 2 }
+    let mut scope = Vec::new();
+    wire::string(&mut scope, 1, "stratus-gateway");
+    wire::string(&mut scope, 2, env!("CARGO_PKG_VERSION"));
+    let mut scope_spans = Vec::with_capacity(spans_buf.len() + 64);
+    wire::message(&mut scope_spans, 1, &scope);
+    scope_spans.extend_from_slice(&spans_buf);
+    // ResourceSpans { resource = 1: Resource { attributes = 1 }, scope_spans = 2 }
+    let mut resource = Vec::new();
+    for (k, v) in [("service.name", service), ("cloud.provider", "stratus")] {
+        scratch.clear();
+        key_value(&mut scratch, k, &AttrValue::Str(v.into()));
+        wire::message(&mut resource, 1, &scratch);
+    }
+    let mut resource_spans = Vec::with_capacity(scope_spans.len() + 128);
+    wire::message(&mut resource_spans, 1, &resource);
+    wire::message(&mut resource_spans, 2, &scope_spans);
+    // ExportTraceServiceRequest { resource_spans = 1 }
+    let mut out = Vec::with_capacity(resource_spans.len() + 8);
+    wire::message(&mut out, 1, &resource_spans);
+    out
 }
 
-fn kv(key: &str, v: AttrValue) -> pb::KeyValue {
-    let value = match v {
-        AttrValue::Str(s) => pb::any_value::Value::StringValue(s),
-        AttrValue::Int(i) => pb::any_value::Value::IntValue(i),
-        AttrValue::Bool(b) => pb::any_value::Value::BoolValue(b),
-    };
-    pb::KeyValue {
-        key: key.into(),
-        value: Some(pb::AnyValue { value: Some(value) }),
-    }
-}
-
-/// Moves the span's strings into the message (no copies).
-fn span(s: SpanRecord) -> pb::Span {
-    pb::Span {
-        trace_id: s.trace_id.to_vec(),
-        span_id: s.span_id.to_vec(),
-        trace_state: s.trace_state,
-        parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        name: s.name,
-        kind: s.kind as i32,
-        start_time_unix_nano: s.start_unix_nanos,
-        end_time_unix_nano: s.end_unix_nanos,
-        attributes: s.attributes.into_iter().map(|(k, v)| kv(k, v)).collect(),
-        status: Some(match s.error {
-            None => pb::Status {
-                message: String::new(),
-                code: 0,
-            },
-            Some(why) => pb::Status {
-                message: why,
-                code: 2,
-            },
-        }),
-    }
-}
-
-/// OTLP messages (opentelemetry-proto v1), only the fields we write.
-mod pb {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportTraceServiceRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub resource_spans: Vec<ResourceSpans>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceSpans {
-        #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
-        #[prost(message, repeated, tag = "2")]
-        pub scope_spans: Vec<ScopeSpans>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Resource {
-        #[prost(message, repeated, tag = "1")]
-        pub attributes: Vec<KeyValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeSpans {
-        #[prost(message, optional, tag = "1")]
-        pub scope: Option<InstrumentationScope>,
-        #[prost(message, repeated, tag = "2")]
-        pub spans: Vec<Span>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct InstrumentationScope {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub version: String,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Span {
-        #[prost(bytes = "vec", tag = "1")]
-        pub trace_id: Vec<u8>,
-        #[prost(bytes = "vec", tag = "2")]
-        pub span_id: Vec<u8>,
-        #[prost(string, tag = "3")]
-        pub trace_state: String,
-        #[prost(bytes = "vec", tag = "4")]
-        pub parent_span_id: Vec<u8>,
-        #[prost(string, tag = "5")]
-        pub name: String,
-        #[prost(int32, tag = "6")]
-        pub kind: i32,
-        #[prost(fixed64, tag = "7")]
-        pub start_time_unix_nano: u64,
-        #[prost(fixed64, tag = "8")]
-        pub end_time_unix_nano: u64,
-        #[prost(message, repeated, tag = "9")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(message, optional, tag = "15")]
-        pub status: Option<Status>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Status {
-        #[prost(string, tag = "2")]
-        pub message: String,
-        #[prost(int32, tag = "3")]
-        pub code: i32,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValue {
-        #[prost(string, tag = "1")]
-        pub key: String,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<AnyValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AnyValue {
-        #[prost(oneof = "any_value::Value", tags = "1, 2, 3")]
-        pub value: Option<any_value::Value>,
-    }
-    pub mod any_value {
-        // The names of the .proto's oneof.
-        #[allow(clippy::enum_variant_names)]
-        #[derive(Clone, PartialEq, prost::Oneof)]
-        pub enum Value {
-            #[prost(string, tag = "1")]
-            StringValue(String),
-            #[prost(bool, tag = "2")]
-            BoolValue(bool),
-            #[prost(int64, tag = "3")]
-            IntValue(i64),
+/// `KeyValue { key = 1, value = 2: AnyValue { string = 1 | bool = 2 | int = 3 } }`, the
+/// AnyValue's length computed rather than buffered.
+fn key_value(out: &mut Vec<u8>, key: &str, v: &AttrValue) {
+    wire::string(out, 1, key);
+    wire::key(out, 2, wire::LEN);
+    match v {
+        AttrValue::Str(s) => {
+            wire::varint(out, (1 + wire::varint_len(s.len() as u64) + s.len()) as u64);
+            // Written even when empty: it says which variant the value is.
+            wire::message(out, 1, s.as_bytes());
         }
+        AttrValue::Bool(b) => {
+            wire::varint(out, 2);
+            wire::key(out, 2, wire::VARINT);
+            wire::varint(out, *b as u64);
+        }
+        AttrValue::Int(i) => {
+            wire::varint(out, (1 + wire::varint_len(*i as u64)) as u64);
+            wire::key(out, 3, wire::VARINT);
+            wire::varint(out, *i as u64);
+        }
+    }
+}
+
+/// `Span` (opentelemetry/proto/trace/v1), the fields we write.
+fn span(s: &SpanRecord, out: &mut Vec<u8>) {
+    wire::bytes(out, 1, &s.trace_id);
+    wire::bytes(out, 2, &s.span_id);
+    wire::string(out, 3, &s.trace_state);
+    if let Some(p) = &s.parent_span_id {
+        wire::bytes(out, 4, p);
+    }
+    wire::string(out, 5, &s.name);
+    wire::key(out, 6, wire::VARINT);
+    wire::varint(out, s.kind as u64);
+    wire::key(out, 7, wire::FIXED64);
+    out.extend_from_slice(&s.start_unix_nanos.to_le_bytes());
+    wire::key(out, 8, wire::FIXED64);
+    out.extend_from_slice(&s.end_unix_nanos.to_le_bytes());
+    let mut kv = Vec::with_capacity(64);
+    for (k, v) in &s.attributes {
+        kv.clear();
+        key_value(&mut kv, k, v);
+        wire::message(out, 9, &kv);
+    }
+    // Status { message = 2, code = 3 }: always present (UNSET when the span did not fail).
+    let mut status = Vec::new();
+    if let Some(why) = &s.error {
+        wire::string(&mut status, 2, why);
+        wire::key(&mut status, 3, wire::VARINT);
+        wire::varint(&mut status, 2);
+    }
+    wire::message(out, 15, &status);
+}
+
+/// Protocol buffers' wire format, the four pieces OTLP's messages need (prost's `encoding`).
+mod wire {
+    pub use prost::encoding::{encode_varint as put_varint, encoded_len_varint};
+
+    pub const VARINT: prost::encoding::WireType = prost::encoding::WireType::Varint;
+    pub const FIXED64: prost::encoding::WireType = prost::encoding::WireType::SixtyFourBit;
+    pub const LEN: prost::encoding::WireType = prost::encoding::WireType::LengthDelimited;
+
+    pub fn varint(out: &mut Vec<u8>, v: u64) {
+        put_varint(v, out);
+    }
+    pub fn varint_len(v: u64) -> usize {
+        encoded_len_varint(v)
+    }
+    pub fn key(out: &mut Vec<u8>, tag: u32, wt: prost::encoding::WireType) {
+        prost::encoding::encode_key(tag, wt, out);
+    }
+    /// A length-delimited field; empty ones are left out (proto3 default).
+    pub fn bytes(out: &mut Vec<u8>, tag: u32, b: &[u8]) {
+        if b.is_empty() {
+            return;
+        }
+        message(out, tag, b);
+    }
+    pub fn string(out: &mut Vec<u8>, tag: u32, s: &str) {
+        bytes(out, tag, s.as_bytes());
+    }
+    /// An embedded message, already encoded (written even when empty: presence matters).
+    pub fn message(out: &mut Vec<u8>, tag: u32, encoded: &[u8]) {
+        key(out, tag, LEN);
+        varint(out, encoded.len() as u64);
+        out.extend_from_slice(encoded);
     }
 }
 
@@ -379,7 +355,7 @@ mod tests {
 
     #[test]
     fn our_bytes_decode_as_the_official_otlp_messages() {
-        let bytes = encode("stratus", vec![sample(Some("overloaded"))]).encode_to_vec();
+        let bytes = encode("stratus", vec![sample(Some("overloaded"))]);
         let got = Official::decode(bytes.as_slice()).expect("valid OTLP");
         let rs = &got.resource_spans[0];
         let service = &rs.resource.as_ref().unwrap().attributes[0];
@@ -408,6 +384,53 @@ mod tests {
         assert_eq!(
             attr("http.response.status_code"),
             Some(Value::IntValue(503))
+        );
+    }
+
+    #[test]
+    fn edge_values_decode_too() {
+        let mut plain = sample(None);
+        plain.parent_span_id = None;
+        plain.trace_state = String::new();
+        plain.kind = SpanKind::Client;
+        plain.attributes = vec![
+            ("empty", AttrValue::Str(String::new())),
+            ("negative", AttrValue::Int(-7)),
+            ("big", AttrValue::Int(i64::MAX)),
+            ("no", AttrValue::Bool(false)),
+            ("long", AttrValue::Str("x".repeat(300))),
+        ];
+        let got = Official::decode(encode("svc", vec![sample(None), plain]).as_slice()).unwrap();
+        let rs = &got.resource_spans[0];
+        let resource = &rs.resource.as_ref().unwrap().attributes;
+        assert_eq!(
+            resource[0].value.as_ref().unwrap().value,
+            Some(Value::StringValue("svc".into()))
+        );
+        assert_eq!(
+            rs.scope_spans[0].scope.as_ref().unwrap().name,
+            "stratus-gateway"
+        );
+        let spans = &rs.scope_spans[0].spans;
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].status.as_ref().unwrap().code, 0, "UNSET");
+        let s = &spans[1];
+        assert!(s.parent_span_id.is_empty() && s.trace_state.is_empty());
+        assert_eq!(s.kind, 3, "SPAN_KIND_CLIENT");
+        let values: Vec<_> = s
+            .attributes
+            .iter()
+            .map(|a| (a.key.as_str(), a.value.as_ref().unwrap().value.clone()))
+            .collect();
+        assert_eq!(
+            values,
+            vec![
+                ("empty", Some(Value::StringValue(String::new()))),
+                ("negative", Some(Value::IntValue(-7))),
+                ("big", Some(Value::IntValue(i64::MAX))),
+                ("no", Some(Value::BoolValue(false))),
+                ("long", Some(Value::StringValue("x".repeat(300)))),
+            ]
         );
     }
 
