@@ -147,7 +147,7 @@ async fn writer(store: Arc<dyn LogStore>, mut rx: mpsc::Receiver<Entry>, config:
                     }
                 }
                 let mut lines = Vec::with_capacity(batch.len());
-                let mut records = Vec::new();
+                let mut records = Vec::with_capacity(batch.len());
                 let mut captures = Vec::new();
                 for e in batch.drain(..) {
                     match e {
