@@ -14,8 +14,8 @@ pub use error::{ErrorCode, PlatformError};
 pub use events::{AsyncSpec, Destination, EventSpec, TriggerSpec};
 pub use names::{AliasName, FunctionName, LATEST, NameError, Target, VersionNumber};
 pub use spec::{
-    Build, CaptureSpec, FunctionSpec, Health, HostPattern, Limits, RouteSpec, RuntimeKind, Scaling,
-    duration_serde,
+    Build, CaptureSpec, FunctionSpec, Health, HostPattern, Limits, ProvisionedSchedule, RouteSpec,
+    RuntimeKind, Scaling, duration_serde,
 };
 pub use traffic::{
     MatchOp, MatchSource, Matcher, PolicyError, RouteRule, RuleTarget, Shadow, Sticky,

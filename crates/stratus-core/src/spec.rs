@@ -161,6 +161,35 @@ pub struct Scaling {
     /// new version and waits for all of them to be ready before traffic moves.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub app: bool,
+    /// Instances kept ready with no traffic (FC's provisioned instances) when no `schedule`
+    /// entry has fired. The warm floor is `max(min, provisioned at t)`: `min` is the part that
+    /// never changes (and an app's rolling-deploy size), `provisioned` the part a schedule moves.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub provisioned: u32,
+    /// Scheduled provisioning: from each entry's fire time the provisioned count is the entry's,
+    /// until the next entry fires.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<ProvisionedSchedule>,
+    /// Per-instance CPU use the autoscaler aims at, as a share of `limits.cpu` (HPA-style
+    /// target utilisation): over it by more than the tolerance, more instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_target: Option<f64>,
+    /// Per-instance memory use the autoscaler aims at, as a share of `limits.memory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_target: Option<f64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One `[[scaling.schedule]]` entry: at every time `cron` matches (in `timezone`, like timer
+/// triggers), the provisioned count becomes `provisioned`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionedSchedule {
+    pub cron: String,
+    pub timezone: String,
+    pub provisioned: u32,
 }
 
 impl Default for Scaling {
@@ -175,6 +204,10 @@ impl Default for Scaling {
             scale_down_delay: Duration::from_secs(30),
             reserved_concurrency: None,
             app: false,
+            provisioned: 0,
+            schedule: Vec::new(),
+            cpu_target: None,
+            memory_target: None,
         }
     }
 }

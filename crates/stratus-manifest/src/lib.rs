@@ -8,6 +8,7 @@
 mod events;
 mod locate;
 mod runtime;
+mod scaling;
 pub mod schedule;
 mod schema;
 

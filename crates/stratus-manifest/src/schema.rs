@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use stratus_core::{
     AliasName, Build, CaptureSpec, FunctionName, FunctionSpec, Health, Limits, RouteSpec,
-    RuntimeKind, Scaling,
+    RuntimeKind,
 };
 
 pub const CURRENT_MANIFEST_VERSION: u32 = 1;
@@ -34,7 +34,7 @@ pub struct Manifest {
     #[serde(default)]
     pub limits: LimitsToml,
     #[serde(default)]
-    pub scaling: ScalingToml,
+    pub scaling: crate::scaling::ScalingToml,
     #[serde(default)]
     pub health: HealthToml,
     #[serde(default)]
@@ -166,19 +166,6 @@ pub struct LimitsToml {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ScalingToml {
-    pub min: Option<i64>,
-    pub max: Option<i64>,
-    pub idle_timeout: Option<String>,
-    pub target_utilization: Option<f64>,
-    pub max_queue: Option<i64>,
-    pub queue_timeout: Option<String>,
-    pub scale_down_delay: Option<String>,
-    pub reserved_concurrency: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HealthToml {
     pub path: Option<String>,
     pub startup_timeout: Option<String>,
@@ -203,7 +190,11 @@ pub(crate) fn invalid(key: &str, msg: impl Into<String>) -> Invalid {
     (key.to_string(), msg.into())
 }
 
-fn duration(key: &str, v: &Option<String>, default: Duration) -> Result<Duration, Invalid> {
+pub(crate) fn duration(
+    key: &str,
+    v: &Option<String>,
+    default: Duration,
+) -> Result<Duration, Invalid> {
     match v {
         None => Ok(default),
         Some(s) => humantime::parse_duration(s).map_err(|e| {
@@ -332,87 +323,7 @@ impl Manifest {
             pids: runtime.pids(self.limits.pids)?,
             allowed_outbound_hosts: runtime.allowed_outbound_hosts()?,
         };
-        let sd = Scaling::default();
-        let target_utilization = self
-            .scaling
-            .target_utilization
-            .unwrap_or(sd.target_utilization);
-        if !(0.1..=1.0).contains(&target_utilization) {
-            return Err(invalid(
-                "scaling.target_utilization",
-                format!(
-                    "{target_utilization} is out of range: allowed 0.1 to 1.0 (a share of `limits.concurrency`)"
-                ),
-            ));
-        }
-        let app = self.kind == Some(Kind::App);
-        if app && self.runtime != RuntimeKind::Process {
-            return Err(invalid(
-                "kind",
-                format!(
-                    "kind \"app\" is a long-running service: it needs runtime \"process\", not \"{}\"",
-                    self.runtime.as_str()
-                ),
-            ));
-        }
-        if app && self.scaling.min == Some(0) {
-            return Err(invalid(
-                "scaling.min",
-                "an app is always on: scaling.min must be at least 1 (or use kind = \"function\" to scale to zero)",
-            ));
-        }
-        // An app keeps one instance unless the manifest asks for more.
-        let min_default = if app { 1 } else { sd.min };
-        let scaling = Scaling {
-            app,
-            min: count("scaling.min", self.scaling.min, min_default, 0, 1000)?,
-            max: count("scaling.max", self.scaling.max, sd.max, 1, 1000)?,
-            idle_timeout: duration(
-                "scaling.idle_timeout",
-                &self.scaling.idle_timeout,
-                sd.idle_timeout,
-            )?,
-            target_utilization,
-            max_queue: count(
-                "scaling.max_queue",
-                self.scaling.max_queue,
-                sd.max_queue,
-                0,
-                1_000_000,
-            )?,
-            queue_timeout: match &self.scaling.queue_timeout {
-                None => None,
-                Some(_) => Some(duration(
-                    "scaling.queue_timeout",
-                    &self.scaling.queue_timeout,
-                    Duration::ZERO,
-                )?),
-            },
-            scale_down_delay: duration(
-                "scaling.scale_down_delay",
-                &self.scaling.scale_down_delay,
-                sd.scale_down_delay,
-            )?,
-            reserved_concurrency: match self.scaling.reserved_concurrency {
-                None => None,
-                Some(n) => Some(count(
-                    "scaling.reserved_concurrency",
-                    Some(n),
-                    0,
-                    1,
-                    1_000_000,
-                )?),
-            },
-        };
-        if scaling.min > scaling.max {
-            return Err(invalid(
-                "scaling.min",
-                format!(
-                    "min ({}) is greater than max ({}): min must be at most max",
-                    scaling.min, scaling.max
-                ),
-            ));
-        }
+        let scaling = crate::scaling::validate(&self, &limits)?;
         let hd = Health::default();
         if let Some(p) = &self.health.path
             && !p.starts_with('/')

@@ -297,6 +297,10 @@ impl Instance for LambdaInstance {
         self.health.clone()
     }
 
+    fn usage(&self) -> Option<stratus_runtime::ResourceUsage> {
+        self.conf.usage()
+    }
+
     async fn stop(&self, grace: Duration) {
         if !self.running() {
             self.release().await;

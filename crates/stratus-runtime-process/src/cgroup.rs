@@ -33,6 +33,8 @@ enum Backend {
     V1 {
         memory: Option<PathBuf>,
         cpu: Option<PathBuf>,
+        /// CPU accounting; often its own hierarchy, sometimes mounted with `cpu`.
+        cpuacct: Option<PathBuf>,
         pids: Option<PathBuf>,
     },
     Rlimit,
@@ -49,6 +51,9 @@ pub struct Enforcement {
     pub pids: String,
     /// How stopping an instance reaches every process it started.
     pub stop: String,
+    /// How an instance's CPU and memory use are observed (for `scaling.cpu_target` /
+    /// `memory_target` and `stratus info`), or `not observed: why`.
+    pub usage: String,
 }
 
 struct Detected {
@@ -93,6 +98,9 @@ fn detect() -> Detected {
             },
             stop: "SIGKILL to the instance's process group (a process that leaves it survives)"
                 .into(),
+            usage: format!(
+                "not observed: no cgroups ({why}), so scaling.cpu_target and scaling.memory_target cannot act"
+            ),
         },
     }
 }
@@ -182,6 +190,12 @@ fn detect_v2(mounts: &str) -> Option<Detected> {
         cpu: how("cpu", "cpu.max"),
         pids: how("pids", "pids.max"),
         stop: "cgroup.kill of the instance's cgroup".into(),
+        // `cpu.stat` is a core file of every v2 cgroup; memory needs its controller.
+        usage: if controllers.contains(&"memory") {
+            "cgroup v2 cpu.stat usage_usec and memory.current less inactive file cache".into()
+        } else {
+            "cgroup v2 cpu.stat usage_usec; memory not observed: the memory controller is not delegated, so scaling.memory_target cannot act".into()
+        },
     };
     Some(Detected {
         backend: Backend::V2 { dir, controllers },
@@ -197,7 +211,7 @@ fn detect_v1(mounts: &str) -> Option<Detected> {
             .find(|(_, _, o)| o.split(',').any(|x| x == ctrl))
             .and_then(|(m, _, _)| writable_parent(m))
     };
-    let (memory, cpu, pids) = (find("memory"), find("cpu"), find("pids"));
+    let (memory, cpu, cpuacct, pids) = (find("memory"), find("cpu"), find("cpuacct"), find("pids"));
     if memory.is_none() && cpu.is_none() && pids.is_none() {
         return None;
     }
@@ -211,9 +225,25 @@ fn detect_v1(mounts: &str) -> Option<Detected> {
         cpu: how(&cpu, "cpu", "cpu.cfs_quota_us"),
         pids: how(&pids, "pids", "pids.max"),
         stop: "SIGKILL to every process in the instance's cgroup".into(),
+        usage: format!(
+            "{}; {}",
+            match &cpuacct {
+                Some(d) => format!("cpu: cgroup v1 cpuacct.usage ({})", d.display()),
+                None => "cpu not observed: no writable v1 cpuacct hierarchy, so scaling.cpu_target cannot act".into(),
+            },
+            match &memory {
+                Some(_) => "memory: cgroup v1 memory.usage_in_bytes less inactive file cache".to_string(),
+                None => "memory not observed, so scaling.memory_target cannot act".into(),
+            }
+        ),
     };
     Some(Detected {
-        backend: Backend::V1 { memory, cpu, pids },
+        backend: Backend::V1 {
+            memory,
+            cpu,
+            cpuacct,
+            pids,
+        },
         report,
     })
 }
@@ -240,6 +270,8 @@ pub struct InstanceCgroup {
     v2: bool,
     memory: Option<PathBuf>,
     cpu: Option<PathBuf>,
+    /// Where CPU use is counted: the instance's v2 cgroup, or its v1 cpuacct cgroup.
+    cpuacct: Option<PathBuf>,
     pids: Option<PathBuf>,
 }
 
@@ -279,19 +311,34 @@ impl InstanceCgroup {
                     v2: true,
                     memory: has("memory").then(|| d.clone()),
                     cpu: has("cpu").then(|| d.clone()),
+                    cpuacct: Some(d.clone()),
                     pids: Some(d),
                 }
             }
-            Backend::V1 { memory, cpu, pids } => {
-                let slots = [memory, cpu, pids];
-                let parents: Vec<&Path> = slots.iter().filter_map(|p| p.as_deref()).collect();
-                let mut made = claim(&parents, instance_id)?.into_iter();
-                let mut next = |p: &Option<PathBuf>| p.as_ref().and_then(|_| made.next());
+            Backend::V1 {
+                memory,
+                cpu,
+                cpuacct,
+                pids,
+            } => {
+                // Controllers mounted together (`cpu,cpuacct`) share one directory.
+                let mut parents: Vec<&Path> = Vec::new();
+                for p in [memory, cpu, cpuacct, pids].into_iter().flatten() {
+                    if !parents.contains(&p.as_path()) {
+                        parents.push(p);
+                    }
+                }
+                let made = claim(&parents, instance_id)?;
+                let dir = |p: &Option<PathBuf>| {
+                    let i = parents.iter().position(|q| Some(*q) == p.as_deref())?;
+                    Some(made[i].clone())
+                };
                 Self {
                     v2: false,
-                    memory: next(memory),
-                    cpu: next(cpu),
-                    pids: next(pids),
+                    memory: dir(memory),
+                    cpu: dir(cpu),
+                    cpuacct: dir(cpuacct),
+                    pids: dir(pids),
                 }
             }
         };
@@ -343,7 +390,10 @@ impl InstanceCgroup {
 
     fn dirs(&self) -> Vec<&Path> {
         let mut v: Vec<&Path> = Vec::new();
-        for d in [&self.memory, &self.cpu, &self.pids].into_iter().flatten() {
+        for d in [&self.memory, &self.cpu, &self.cpuacct, &self.pids]
+            .into_iter()
+            .flatten()
+        {
             if !v.contains(&d.as_path()) {
                 v.push(d);
             }
@@ -439,6 +489,34 @@ impl InstanceCgroup {
             "memory.usage_in_bytes"
         };
         fs::read_to_string(d.join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// The working set: memory in use less the inactive file cache, which the kernel reclaims
+    /// before it would OOM-kill (what the kubelet and HPA call a container's memory).
+    pub fn working_set(&self) -> Option<u64> {
+        let usage = self.memory_usage()?;
+        let d = self.memory.as_ref()?;
+        let key = if self.v2 {
+            "inactive_file"
+        } else {
+            "total_inactive_file"
+        };
+        let inactive = read_key(&d.join("memory.stat"), key).unwrap_or(0);
+        Some(usage.saturating_sub(inactive))
+    }
+
+    /// CPU time used by every process in the cgroup since it was created.
+    pub fn cpu_usage(&self) -> Option<Duration> {
+        let d = self.cpuacct.as_ref()?;
+        if self.v2 {
+            return read_key(&d.join("cpu.stat"), "usage_usec").map(Duration::from_micros);
+        }
+        let ns: u64 = fs::read_to_string(d.join("cpuacct.usage"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Duration::from_nanos(ns))
     }
 
     pub fn cpu_stats(&self) -> Option<CpuStats> {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use stratus_core::Limits;
-use stratus_runtime::{ExitCause, RuntimeError};
+use stratus_runtime::{ExitCause, ResourceUsage, RuntimeError};
 use tokio::process::Command;
 
 use crate::cgroup::{self, InstanceCgroup, JoinFiles, Rlimits};
@@ -69,6 +69,16 @@ impl Confinement {
         );
         configure_child(cmd, files.fds(), self.rlimits, plan);
         Ok(files)
+    }
+
+    /// CPU and memory use from the instance's cgroup; `None` without one (rlimits only).
+    /// cgroupfs files are kernel counters read from memory, not disk: cheap enough for the
+    /// scaler's tick on an async thread.
+    pub fn usage(&self) -> Option<ResourceUsage> {
+        self.cg(|c| ResourceUsage {
+            cpu_time: c.cpu_usage(),
+            memory_bytes: c.working_set(),
+        })
     }
 
     /// `limits.memory` in bytes, 0 when unset.

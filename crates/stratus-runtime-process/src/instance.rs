@@ -6,7 +6,7 @@ use http::uri::{PathAndQuery, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use stratus_runtime::{Body, Instance, InstanceHealth, RuntimeError, empty_body};
+use stratus_runtime::{Body, Instance, InstanceHealth, ResourceUsage, RuntimeError, empty_body};
 use tokio::sync::{Notify, watch};
 
 use crate::confine::Confinement;
@@ -186,6 +186,10 @@ impl Instance for ProcessInstance {
 
     fn health(&self) -> watch::Receiver<InstanceHealth> {
         self.health.clone()
+    }
+
+    fn usage(&self) -> Option<ResourceUsage> {
+        self.conf.usage()
     }
 
     async fn stop(&self, grace: Duration) {

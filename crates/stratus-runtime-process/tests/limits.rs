@@ -280,6 +280,46 @@ async fn a_cpu_spinner_is_throttled_to_limits_cpu() {
     inst.stop(Duration::from_secs(1)).await;
 }
 
+/// `Instance::usage` counts the CPU time of everything in the cgroup: a spinner capped at 0.3
+/// core uses about 0.3 core-seconds per second (never more), and its memory is reported.
+#[tokio::test]
+async fn usage_counts_a_spinners_cpu_time_at_its_quota() {
+    let e = enforcement();
+    if e.usage.starts_with("not observed") || e.usage.contains("cpu not observed") {
+        eprintln!("skipping: this node cannot observe CPU use ({})", e.usage);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let limited = prepared(
+        dir.path(),
+        Limits {
+            cpu: Some(0.3),
+            memory_bytes: Some(256 << 20),
+            ..Limits::default()
+        },
+    );
+    let inst = start(&limited, &instance_id("usage"), Arc::default()).await;
+    let idle = inst.usage().expect("a cgroup instance reports its use");
+    let mem = idle.memory_bytes.expect("memory is observed");
+    assert!(mem > 1 << 20 && mem < 256 << 20, "{mem}");
+    assert_eq!(get(&inst, "/spin").await.unwrap().1, "spinning");
+    let t0 = std::time::Instant::now();
+    let c0 = inst.usage().unwrap().cpu_time.unwrap();
+    // Wait until the spinner has used a full core-second, then compare with the wall time.
+    until("a core-second of CPU", Duration::from_secs(60), || {
+        inst.usage().unwrap().cpu_time.unwrap() >= c0 + Duration::from_secs(1)
+    })
+    .await;
+    let used = (inst.usage().unwrap().cpu_time.unwrap() - c0).as_secs_f64();
+    let rate = used / t0.elapsed().as_secs_f64();
+    assert!(rate <= 0.3 * 1.1, "{rate} cores, over the 0.3 quota");
+    assert!(
+        rate > 0.05,
+        "{rate} cores: the spinner's CPU was not counted"
+    );
+    inst.stop(Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn stop_kills_a_double_forked_process_that_left_the_group() {
     if !requires("stop") {

@@ -145,6 +145,17 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<Arc<dyn Instance>, RuntimeError>;
 }
 
+/// What an instance uses of the node, as far as its runtime can count it (the process runtimes
+/// read the instance's cgroup). Either part is `None` when this node cannot observe it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceUsage {
+    /// CPU time used since the instance started, over all its processes (a counter: the
+    /// scaler turns it into a rate).
+    pub cpu_time: Option<Duration>,
+    /// Memory in use now (the working set: resident plus active page cache).
+    pub memory_bytes: Option<u64>,
+}
+
 #[async_trait]
 pub trait Instance: Send + Sync + 'static {
     fn id(&self) -> &str;
@@ -155,4 +166,10 @@ pub trait Instance: Send + Sync + 'static {
     fn health(&self) -> tokio::sync::watch::Receiver<InstanceHealth>;
     /// Asks the instance to stop (SIGTERM for processes) and forces it after `grace`.
     async fn stop(&self, grace: Duration);
+    /// Its CPU and memory use now, for utilisation scaling and `stratus info`; `None` when the
+    /// runtime has no per-instance accounting (wasm instances share the server's). Cheap: the
+    /// scaler's tick calls it for every instance of pools that scale on it.
+    fn usage(&self) -> Option<ResourceUsage> {
+        None
+    }
 }

@@ -6,11 +6,15 @@
 //! request path itself starts instances the moment requests queue (see `decide`), so reaction
 //! to a burst is bounded by instance start time, not by the autoscaler's tick. Scale-down waits
 //! until demand stayed low for `scale_down_delay` (OpenFaaS-style), and never happens in panic.
-//! Pure: state and time come in, a decision comes out.
+//! The CPU and memory rules (`utilization`) are weighed here too: the size is the largest any
+//! rule wants, and the reason names the rule that set it. Pure: state and time come in, a
+//! decision comes out.
 
 use std::collections::VecDeque;
 
 use stratus_core::Scaling;
+
+use crate::utilization::{ResourceRule, RuleOutcome, evaluate};
 
 pub const STABLE_WINDOW_MS: u64 = 60_000;
 pub const PANIC_WINDOW_MS: u64 = 1_000;
@@ -40,6 +44,20 @@ pub struct AutoscaleInput<'a> {
     pub concurrency: u32,
     pub scaling: &'a Scaling,
     pub routable: bool,
+    /// The warm floor now (`floor_at`: `max(min, provisioned)`, the schedule's when one is in
+    /// force), and why, for the reason when the floor sets the size.
+    pub floor: u32,
+    pub floor_why: &'a str,
+    /// The CPU and memory rules, each with the utilisation of every instance that reports it.
+    pub resources: &'a [ResourceObservation],
+}
+
+/// One utilisation rule and what the instances report for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceObservation {
+    pub rule: ResourceRule,
+    /// Each reporting instance's use, as a share of its limit.
+    pub utilization: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +67,11 @@ pub struct AutoscaleDecision {
     /// Whether the decision may remove instances now (scale-down delay served).
     pub may_scale_down: bool,
     pub reason: String,
+    /// What the CPU and memory rules saw and wanted.
+    pub rules: Vec<RuleOutcome>,
+    /// The largest size a CPU or memory rule wants (0 without one): idle instances it holds are
+    /// not reaped, and it starts instances without request demand.
+    pub resource_desired: u32,
 }
 
 /// `n` consecutive samples of the same demand, from `first` to `last`. The samples inside are
@@ -150,8 +173,12 @@ pub fn autoscale(state: &mut AutoscalerState, input: AutoscaleInput<'_>) -> Auto
         state.panic_until = now + PANIC_HOLD_MS;
     }
     let panic = now < state.panic_until;
-    let floor = if input.routable { input.scaling.min } else { 0 };
-    let (raw, reason) = if panic {
+    let floor = if input.routable {
+        input.scaling.min.max(input.floor)
+    } else {
+        0
+    };
+    let (mut raw, mut reason) = if panic {
         let d = want_panic.max(input.current);
         (
             d,
@@ -170,12 +197,31 @@ pub fn autoscale(state: &mut AutoscalerState, input: AutoscaleInput<'_>) -> Auto
             ),
         )
     };
+    // The largest want wins; on a tie the concurrency rule's reason stands.
+    let rules: Vec<RuleOutcome> = input
+        .resources
+        .iter()
+        .map(|r| evaluate(&r.rule, &r.utilization, input.current))
+        .collect();
+    let mut resource_desired = 0;
+    for o in &rules {
+        if let Some(w) = o.wants {
+            resource_desired = resource_desired.max(w);
+            if w > raw {
+                raw = w;
+                reason = o.reason.clone();
+            }
+        }
+    }
     // Scaling to zero is the idle reaper's call (after `idle_timeout`), not this one's.
     let keep_one = if input.current > 0 && input.demand == 0 && raw == 0 {
         input.current.min(1)
     } else {
         0
     };
+    if floor > raw.max(keep_one) {
+        reason = format!("floor {floor}: {}", input.floor_why);
+    }
     let desired = raw.max(floor).max(keep_one).min(input.scaling.max);
     let may_scale_down = if desired < input.current && !panic {
         let since = *state.low_since.get_or_insert(now);
@@ -189,6 +235,8 @@ pub fn autoscale(state: &mut AutoscalerState, input: AutoscaleInput<'_>) -> Auto
         panic,
         may_scale_down,
         reason,
+        rules,
+        resource_desired: resource_desired.min(input.scaling.max),
     }
 }
 
@@ -198,7 +246,9 @@ pub fn autoscale(state: &mut AutoscalerState, input: AutoscaleInput<'_>) -> Auto
 /// starting together share the node's CPU, so on a small node 29 starts take half again as long
 /// as 20 and every waiting request would wait for the slowest: demand first, headroom next.
 /// No headroom without demand: the windows remember a burst for a minute, and restarting what
-/// `idle_timeout` just stopped kept pools from reaching zero.
+/// `idle_timeout` just stopped kept pools from reaching zero. A CPU or memory rule that wants
+/// more than there are (`resource_desired`, from use measured now) is demand of its own: an
+/// app's load may be background work with no request in flight.
 pub fn starts_now(
     need_now: u32,
     desired: u32,
@@ -206,11 +256,13 @@ pub fn starts_now(
     starting: u32,
     demand: u32,
     in_backoff: bool,
+    resource_desired: u32,
 ) -> u32 {
     if in_backoff {
         return 0;
     }
-    let headroom = if demand > 0 && starting == 0 && need_now == 0 {
+    let wanted = demand > 0 || resource_desired > ready;
+    let headroom = if wanted && starting == 0 && need_now == 0 {
         desired.saturating_sub(ready)
     } else {
         0
@@ -255,6 +307,9 @@ mod tests {
                     concurrency: 10,
                     scaling: s,
                     routable: true,
+                    floor: 0,
+                    floor_why: "min",
+                    resources: &[],
                 },
             );
             if d.desired > *current || d.may_scale_down {
@@ -392,6 +447,9 @@ mod tests {
                 concurrency: 10,
                 scaling: &s,
                 routable: true,
+                floor: 0,
+                floor_why: "min",
+                resources: &[],
             },
         );
         assert_eq!(d.desired, 3);
@@ -404,6 +462,9 @@ mod tests {
                 concurrency: 10,
                 scaling: &s,
                 routable: true,
+                floor: 0,
+                floor_why: "min",
+                resources: &[],
             },
         );
         assert_eq!(d.desired, 5);
@@ -416,6 +477,9 @@ mod tests {
                 concurrency: 10,
                 scaling: &s,
                 routable: false,
+                floor: 0,
+                floor_why: "min",
+                resources: &[],
             },
         );
         assert_eq!(d.desired, 0, "versions nobody routes to keep no minimum");
@@ -424,20 +488,28 @@ mod tests {
     #[test]
     fn starts_what_demand_needs_at_once_and_headroom_after() {
         // 200 requests at concurrency 10: 20 at once; the 0.7 headroom (29) waits for them.
-        assert_eq!(starts_now(20, 29, 0, 0, 200, false), 20);
-        assert_eq!(starts_now(0, 29, 0, 20, 200, false), 0, "starts under way");
-        assert_eq!(starts_now(0, 29, 20, 0, 200, false), 9, "then the headroom");
+        assert_eq!(starts_now(20, 29, 0, 0, 200, false, 0), 20);
         assert_eq!(
-            starts_now(3, 29, 0, 0, 200, true),
+            starts_now(0, 29, 0, 20, 200, false, 0),
+            0,
+            "starts under way"
+        );
+        assert_eq!(
+            starts_now(0, 29, 20, 0, 200, false, 0),
+            9,
+            "then the headroom"
+        );
+        assert_eq!(
+            starts_now(3, 29, 0, 0, 200, true, 0),
             0,
             "backoff holds everything"
         );
         assert_eq!(
-            starts_now(0, 5, 2, 0, 0, false),
+            starts_now(0, 5, 2, 0, 0, false, 0),
             0,
             "no demand, no headroom"
         );
-        assert_eq!(starts_now(0, 5, 7, 0, 30, false), 0, "never negative");
+        assert_eq!(starts_now(0, 5, 7, 0, 30, false, 0), 0, "never negative");
     }
 
     /// A burst from zero against a simulated pool whose starts take 600 ms: every tick (200 ms)
@@ -486,6 +558,8 @@ mod tests {
                 },
                 routable: true,
                 in_backoff: false,
+                floor: 0,
+                hold: 0,
             };
             let d = decide(&obs, &s);
             let mut n = d.start;
@@ -499,9 +573,12 @@ mod tests {
                         concurrency: 10,
                         scaling: &s,
                         routable: true,
+                        floor: 0,
+                        floor_why: "min",
+                        resources: &[],
                     },
                 );
-                n = starts_now(n, a.desired, ready, starting.len() as u32, demand, false);
+                n = starts_now(n, a.desired, ready, starting.len() as u32, demand, false, 0);
             }
             ready -= d.stop.len() as u32;
             if n > 0 {
@@ -518,5 +595,143 @@ mod tests {
         assert_eq!(starts.len(), 2, "{starts:?}");
         assert_eq!(ready_at_20, Some(600), "capacity = one start time");
         assert_eq!(ready, 0, "back to zero after the burst");
+    }
+
+    /// An app capped at 0.5 core per instance with `cpu_target = 0.6`, driven as the pool
+    /// drives it (200 ms ticks, samples of each instance's CPU counter, starts taking 1 s,
+    /// `starts_now`, draining on `may_scale_down`): 1.8 cores of CPU-bound work for two minutes
+    /// with two requests in flight (the concurrency rule alone wants one instance), then
+    /// 0.1 core. It settles at 6 (0.3 core each, 60%), holds there without flapping, and
+    /// after the load drops shrinks only once `scale_down_delay` has passed.
+    #[test]
+    fn a_cpu_rule_scales_out_holds_and_scales_in_after_the_delay() {
+        use crate::utilization::{Resource, ResourceRule, UsageHistory};
+        use stratus_runtime::ResourceUsage;
+        let s = Scaling {
+            min: 1,
+            max: 10,
+            scale_down_delay: Duration::from_secs(20),
+            cpu_target: Some(0.6),
+            ..Scaling::default()
+        };
+        let rule = ResourceRule {
+            resource: Resource::Cpu,
+            target: 0.6,
+            limit: 0.5,
+        };
+        let mut st = AutoscalerState::default();
+        let mut ready: Vec<(UsageHistory, u64)> = vec![(UsageHistory::default(), 0)];
+        let mut starting: Vec<u64> = Vec::new();
+        let mut events: Vec<(u64, u32, u32, String)> = Vec::new();
+        for t in (0..240_000u64).step_by(200) {
+            for _ in starting.iter().filter(|r| **r <= t) {
+                ready.push((UsageHistory::default(), 0));
+            }
+            starting.retain(|r| *r > t);
+            let load = if t < 120_000 { 1.8 } else { 0.1 };
+            let share = (load / ready.len() as f64).min(0.5);
+            for (h, ns) in ready.iter_mut() {
+                *ns += (share * 200.0 * 1e6) as u64;
+                h.record(
+                    t,
+                    ResourceUsage {
+                        cpu_time: Some(Duration::from_nanos(*ns)),
+                        memory_bytes: None,
+                    },
+                );
+            }
+            let obs = [ResourceObservation {
+                rule,
+                utilization: ready
+                    .iter()
+                    .filter_map(|(h, _)| rule.utilization(h))
+                    .collect(),
+            }];
+            let current = (ready.len() + starting.len()) as u32;
+            let a = autoscale(
+                &mut st,
+                AutoscaleInput {
+                    now_ms: t,
+                    demand: 2,
+                    current,
+                    concurrency: 50,
+                    scaling: &s,
+                    routable: true,
+                    floor: 1,
+                    floor_why: "min 1",
+                    resources: &obs,
+                },
+            );
+            let n = starts_now(
+                0,
+                a.desired,
+                ready.len() as u32,
+                starting.len() as u32,
+                2,
+                false,
+                a.resource_desired,
+            );
+            starting.extend((0..n).map(|_| t + 1000));
+            let mut to = current + n;
+            if a.may_scale_down && starting.is_empty() {
+                ready.truncate(a.desired as usize);
+                to = a.desired;
+            }
+            if to != current {
+                events.push((t, current, to, a.reason.clone()));
+            }
+        }
+        let ups: Vec<_> = events.iter().filter(|e| e.2 > e.1).collect();
+        assert!(
+            ups.iter()
+                .all(|e| e.3.starts_with("cpu ") && e.3.contains("of 0.5 cores")),
+            "scale-outs are the CPU rule's: {events:?}"
+        );
+        assert_eq!(
+            ups.first().map(|e| e.3.as_str()),
+            Some("cpu 100% of 0.5 cores (mean of 1) > target 60%: wants 2")
+        );
+        let at_load_end: Vec<_> = events.iter().filter(|e| e.0 < 120_000).collect();
+        assert_eq!(at_load_end.last().unwrap().2, 6, "{events:?}");
+        assert!(
+            at_load_end.iter().all(|e| e.2 > e.1),
+            "no scale-in while loaded: {events:?}"
+        );
+        assert!(
+            at_load_end.last().unwrap().0 < 40_000,
+            "settled within 40 s: {events:?}"
+        );
+        let downs: Vec<_> = events.iter().filter(|e| e.2 < e.1).collect();
+        assert!(!downs.is_empty(), "{events:?}");
+        assert!(
+            downs[0].0 >= 120_000 + 20_000,
+            "not before scale_down_delay: {events:?}"
+        );
+        // 0.1 core at 60% of 0.5 core: one instance, the floor.
+        assert_eq!(ready.len(), 1, "{events:?}");
+    }
+
+    #[test]
+    fn the_floor_sets_the_size_and_says_so() {
+        let s = scaling();
+        let d = autoscale(
+            &mut AutoscalerState::default(),
+            AutoscaleInput {
+                now_ms: 0,
+                demand: 0,
+                current: 0,
+                concurrency: 10,
+                scaling: &s,
+                routable: true,
+                floor: 20,
+                floor_why: "provisioned 20 by schedule \"0 0 9 * * *\" (UTC)",
+                resources: &[],
+            },
+        );
+        assert_eq!(d.desired, 20);
+        assert_eq!(
+            d.reason,
+            "floor 20: provisioned 20 by schedule \"0 0 9 * * *\" (UTC)"
+        );
     }
 }

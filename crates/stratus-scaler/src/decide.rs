@@ -21,6 +21,12 @@ pub struct Observation {
     pub routable: bool,
     /// Whether a restart backoff is in force (after crashes or failed starts).
     pub in_backoff: bool,
+    /// The warm floor now (`floor_at`: provisioned instances, by schedule or not); at least
+    /// `max(scaling.min, floor)` instances are kept for a routable version.
+    pub floor: u32,
+    /// Instances the CPU and memory rules want (the last tick's `resource_desired`): the idle
+    /// reaper leaves them, since an instance with no request in flight may still be busy.
+    pub hold: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,12 +36,17 @@ pub struct ScaleDecision {
     pub stop: Vec<String>,
 }
 
-/// Enough instances for what is in flight and waiting (never more than `max`), the minimum for
-/// routable versions, and idle instances past `idle_timeout` stopped down to that minimum.
+/// Enough instances for what is in flight and waiting (never more than `max`), the floor (`min`
+/// or provisioned) for routable versions, and idle instances past `idle_timeout` stopped down
+/// to that floor (or what the CPU and memory rules hold).
 pub fn decide(obs: &Observation, scaling: &Scaling) -> ScaleDecision {
     let conc = obs.concurrency.max(1);
     let demand = obs.in_flight + obs.waiting;
-    let floor = if obs.routable { scaling.min } else { 0 };
+    let floor = if obs.routable {
+        scaling.min.max(obs.floor).min(scaling.max)
+    } else {
+        0
+    };
     let needed = demand.div_ceil(conc).max(floor).min(scaling.max);
     let have = obs.ready + obs.starting;
     let start = if obs.in_backoff {
@@ -53,7 +64,7 @@ pub fn decide(obs: &Observation, scaling: &Scaling) -> ScaleDecision {
             .collect();
         // Longest idle first.
         idle.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
-        let keep = floor.max(obs.in_flight.div_ceil(conc));
+        let keep = floor.max(obs.in_flight.div_ceil(conc)).max(obs.hold);
         let removable = obs.ready.saturating_sub(keep) as usize;
         stop = idle
             .into_iter()
@@ -179,6 +190,44 @@ mod tests {
             decide(&o, &scaling(0, 4)).stop.is_empty(),
             "never while requests wait"
         );
+    }
+
+    #[test]
+    fn provisioned_instances_are_started_and_kept_idle() {
+        // A provisioned floor of 3 above min 1: started with no demand, never reaped.
+        let o = Observation { floor: 3, ..obs() };
+        assert_eq!(decide(&o, &scaling(1, 4)).start, 3);
+        let idle: Vec<_> = (0..4)
+            .map(|i| (i.to_string(), Duration::from_secs(600)))
+            .collect();
+        let o = Observation {
+            ready: 4,
+            idle: idle.clone(),
+            floor: 3,
+            ..obs()
+        };
+        assert_eq!(
+            decide(&o, &scaling(1, 4)).stop.len(),
+            1,
+            "down to 3, not to min"
+        );
+        // Capped by max; and a version nobody routes to keeps none.
+        let o = Observation { floor: 9, ..obs() };
+        assert_eq!(decide(&o, &scaling(0, 4)).start, 4);
+        let o = Observation {
+            floor: 3,
+            routable: false,
+            ..obs()
+        };
+        assert_eq!(decide(&o, &scaling(0, 4)).start, 0);
+        // What the CPU rule holds is not reaped either.
+        let o = Observation {
+            ready: 4,
+            idle,
+            hold: 4,
+            ..obs()
+        };
+        assert!(decide(&o, &scaling(0, 4)).stop.is_empty());
     }
 
     #[test]

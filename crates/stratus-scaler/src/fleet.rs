@@ -127,10 +127,11 @@ impl Fleet {
         artifact: &str,
     ) -> Result<(), String> {
         let pool = self.pool(spec, version, artifact);
-        // An app's new version takes traffic only once `min` instances are ready: a rolling
-        // replacement, never a moment with less capacity than the old version had.
+        // An app's new version takes traffic only once its floor (`min`, or the provisioned
+        // count in force) is ready: a rolling replacement, never a moment with less capacity
+        // than the old version kept.
         let n = if spec.scaling.app {
-            spec.scaling.min.max(1)
+            pool.floor_now().effective.max(1)
         } else {
             1
         };

@@ -9,8 +9,12 @@ use stratus_runtime::{ExitCause, Instance, InstanceHealth, PreparedVersion, Runt
 use tokio::sync::{Notify, oneshot};
 
 use crate::AcquireError;
-use crate::autoscale::{AutoscaleInput, AutoscalerState, autoscale, starts_now};
+use crate::autoscale::{
+    AutoscaleInput, AutoscalerState, ResourceObservation, autoscale, starts_now,
+};
 use crate::decide::{Observation, ScaleDecision, decide, restart_backoff};
+use crate::floor::{Floor, FloorSchedule, floor_at};
+use crate::utilization::{Resource, ResourceRule, RuleOutcome, UsageHistory};
 
 /// An instance lived less than this before exiting: count it as a crash loop step.
 const CRASH_WINDOW: Duration = Duration::from_secs(10);
@@ -30,6 +34,8 @@ struct Slot {
     init: Duration,
     /// No request has been leased on it yet.
     fresh: AtomicBool,
+    /// Its recent CPU and memory samples (`Instance::usage`).
+    usage: Mutex<UsageHistory>,
 }
 
 impl Slot {
@@ -37,7 +43,15 @@ impl Slot {
         let used = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(used)
     }
+
+    fn usage(&self) -> std::sync::MutexGuard<'_, UsageHistory> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
+
+/// Pools without CPU or memory rules sample their instances' use every this many ticks (once a
+/// second), for `stratus info` only; pools with rules sample every tick.
+const STATUS_SAMPLE_TICKS: u64 = 5;
 
 #[derive(Default)]
 struct PoolState {
@@ -62,6 +76,12 @@ struct PoolState {
     auto: AutoscalerState,
     desired: u32,
     panic: bool,
+    /// The warm floor, recomputed when its `valid_until` has passed.
+    floor: Option<Floor>,
+    /// What the CPU and memory rules want kept (the last tick's), and what they saw.
+    hold: u32,
+    rules: Vec<RuleOutcome>,
+    ticks: u64,
     /// The last scaling decisions that changed the size, newest last.
     events: VecDeque<ScaleEvent>,
 }
@@ -115,6 +135,10 @@ pub struct InstancePool {
     function_in_flight: Arc<AtomicU32>,
     created: Instant,
     stop_grace: Duration,
+    floor_schedule: FloorSchedule,
+    rules: Vec<ResourceRule>,
+    /// A rule's resource was found unobservable and said so in the log.
+    warned_unobservable: AtomicBool,
 }
 
 /// One concurrency slot of one instance. Dropping it frees the slot.
@@ -173,6 +197,13 @@ pub struct InstanceStatus {
     pub served: u64,
     pub started_at: i64,
     pub idle_ms: u64,
+    /// Cores used, averaged over the last few seconds; absent where this node cannot count it
+    /// (or the instance is too new for a rate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<f64>,
+    /// Working set (resident memory and active page cache) at the last sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -193,6 +224,12 @@ pub struct PoolStatus {
     pub desired: u32,
     pub panic: bool,
     pub scale_events: Vec<ScaleEvent>,
+    /// Instances kept ready with no traffic, and where that number comes from.
+    pub floor: Floor,
+    /// The CPU and memory rules (`scaling.cpu_target`, `memory_target`): what each saw and
+    /// wants at the last tick.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleOutcome>,
 }
 
 struct WaitGuard<'a>(&'a InstancePool);
@@ -212,7 +249,12 @@ impl InstancePool {
         stop_grace: Duration,
         function_in_flight: Arc<AtomicU32>,
     ) -> Arc<Self> {
+        let floor_schedule = FloorSchedule::new(&spec.scaling);
+        let rules = ResourceRule::of(&spec);
         Arc::new(Self {
+            floor_schedule,
+            rules,
+            warned_unobservable: AtomicBool::new(false),
             spec,
             version,
             artifact,
@@ -341,7 +383,82 @@ impl InstancePool {
                 .collect(),
             routable: self.routable.load(Ordering::Relaxed),
             in_backoff: st.backoff_until.is_some_and(|t| Instant::now() < t),
+            floor: st.floor.as_ref().map_or(0, |f| f.effective),
+            hold: st.hold,
         }
+    }
+
+    /// The warm floor now; computed again only once the schedule's next fire has passed.
+    pub fn floor_now(&self) -> Floor {
+        let now = now_ms();
+        let mut st = self.lock();
+        match &st.floor {
+            Some(f) if f.valid_until().is_none_or(|t| now < t) => f.clone(),
+            _ => {
+                let f = floor_at(&self.spec.scaling, &self.floor_schedule, now);
+                st.floor = Some(f.clone());
+                f
+            }
+        }
+    }
+
+    /// Samples every live instance's CPU and memory use (outside the pool lock: the runtime
+    /// reads its cgroup's counters).
+    fn sample_usage(&self, now_ms: u64) {
+        let slots: Vec<_> = {
+            let mut st = self.lock();
+            st.ticks += 1;
+            if self.rules.is_empty() && st.ticks % STATUS_SAMPLE_TICKS != 1 {
+                return;
+            }
+            st.slots
+                .iter()
+                .filter(|s| !s.draining.load(Ordering::Relaxed))
+                .cloned()
+                .collect()
+        };
+        for s in slots {
+            if let Some(u) = s.instance.usage() {
+                s.usage().record(now_ms, u);
+            }
+        }
+    }
+
+    /// Each rule with the utilisation of every live instance that reports it; a rule that no
+    /// instance reports on this node is said once in the log.
+    fn resource_observations(&self, st: &PoolState) -> Vec<ResourceObservation> {
+        let live: Vec<_> = st
+            .slots
+            .iter()
+            .filter(|s| !s.draining.load(Ordering::Relaxed))
+            .collect();
+        self.rules
+            .iter()
+            .map(|rule| {
+                let utilization: Vec<f64> = live
+                    .iter()
+                    .filter_map(|s| rule.utilization(&s.usage()))
+                    .collect();
+                let settled = live.iter().filter(|s| s.usage().settled()).count();
+                let never = live.iter().all(|s| {
+                    let h = s.usage();
+                    match rule.resource {
+                        Resource::Cpu => h.cpu_cores().is_none(),
+                        Resource::Memory => h.memory_bytes().is_none(),
+                    }
+                });
+                if settled > 0
+                    && never
+                    && !self.warned_unobservable.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(function = %self.spec.name, version = %self.version, "scaling.{}_target cannot act: this node does not observe the instances' {} use (see `stratus info`: limits, usage)", match rule.resource { Resource::Cpu => "cpu", Resource::Memory => "memory" }, match rule.resource { Resource::Cpu => "CPU", Resource::Memory => "memory" });
+                }
+                ResourceObservation {
+                    rule: *rule,
+                    utilization,
+                }
+            })
+            .collect()
     }
 
     /// Waits for a free slot until `deadline`, starting instances as the policy allows.
@@ -492,22 +609,32 @@ impl InstancePool {
 
     /// One scheduling pass: the ticker's entry point.
     pub(crate) fn tick(self: &Arc<Self>) {
+        let now = self.created.elapsed().as_millis() as u64;
+        let floor = self.floor_now();
+        self.sample_usage(now);
         let (d, drain) = {
             let mut st = self.lock();
-            let obs = self.observe(&st);
-            let mut d = decide(&obs, &self.spec.scaling);
+            let mut obs = self.observe(&st);
             let current = obs.ready + obs.starting;
+            let resources = self.resource_observations(&st);
+            let floor_why = floor.describe();
             let a = autoscale(
                 &mut st.auto,
                 AutoscaleInput {
-                    now_ms: self.created.elapsed().as_millis() as u64,
+                    now_ms: now,
                     demand: obs.in_flight + obs.waiting,
                     current,
                     concurrency: obs.concurrency,
                     scaling: &self.spec.scaling,
                     routable: obs.routable,
+                    floor: floor.effective,
+                    floor_why: &floor_why,
+                    resources: &resources,
                 },
             );
+            st.hold = a.resource_desired;
+            obs.hold = a.resource_desired;
+            let mut d = decide(&obs, &self.spec.scaling);
             d.start = starts_now(
                 d.start,
                 a.desired,
@@ -515,6 +642,7 @@ impl InstancePool {
                 obs.starting,
                 obs.in_flight + obs.waiting,
                 obs.in_backoff,
+                a.resource_desired,
             );
             // Busy instances beyond the desired size drain (finishing what they serve).
             let mut drain = Vec::new();
@@ -559,6 +687,7 @@ impl InstancePool {
             }
             st.desired = a.desired;
             st.panic = a.panic;
+            st.rules = a.rules;
             (d, drain)
         };
         self.apply(d);
@@ -614,6 +743,7 @@ impl InstancePool {
                     served: AtomicU64::new(0),
                     init: begun.elapsed(),
                     fresh: AtomicBool::new(true),
+                    usage: Mutex::new(UsageHistory::default()),
                 });
                 {
                     let mut st = self.lock();
@@ -768,23 +898,32 @@ impl InstancePool {
     }
 
     pub fn status(&self) -> PoolStatus {
+        let floor = self.floor_now();
         let st = self.lock();
         PoolStatus {
             version: self.version,
             instances: st
                 .slots
                 .iter()
-                .map(|s| InstanceStatus {
-                    id: s.instance.id().to_string(),
-                    state: if s.draining.load(Ordering::Relaxed) {
-                        "draining"
-                    } else {
-                        "ready"
-                    },
-                    in_flight: s.in_flight.load(Ordering::Relaxed),
-                    served: s.served.load(Ordering::Relaxed),
-                    started_at: s.started_at,
-                    idle_ms: s.idle_for().as_millis() as u64,
+                .map(|s| {
+                    let (cpu_cores, memory_bytes) = {
+                        let u = s.usage();
+                        (u.cpu_cores(), u.memory_bytes())
+                    };
+                    InstanceStatus {
+                        id: s.instance.id().to_string(),
+                        state: if s.draining.load(Ordering::Relaxed) {
+                            "draining"
+                        } else {
+                            "ready"
+                        },
+                        in_flight: s.in_flight.load(Ordering::Relaxed),
+                        served: s.served.load(Ordering::Relaxed),
+                        started_at: s.started_at,
+                        idle_ms: s.idle_for().as_millis() as u64,
+                        cpu_cores,
+                        memory_bytes,
+                    }
                 })
                 .collect(),
             starting: st.starting,
@@ -798,6 +937,8 @@ impl InstancePool {
             desired: st.desired,
             panic: st.panic,
             scale_events: st.events.iter().cloned().collect(),
+            floor,
+            rules: st.rules.clone(),
         }
     }
 

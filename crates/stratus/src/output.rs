@@ -141,18 +141,25 @@ pub fn info(v: &Value, as_json: bool) -> Result<()> {
                 s(&i["state"]),
                 s(&i["in_flight"]),
                 s(&i["served"]),
+                i["cpu_cores"]
+                    .as_f64()
+                    .map_or("-".into(), |c| format!("{c:.2}")),
+                if i["memory_bytes"].is_u64() {
+                    size(&i["memory_bytes"])
+                } else {
+                    "-".into()
+                },
                 time(&i["started_at"]),
             ]);
         }
         if p["starting"].as_u64().unwrap_or(0) > 0 {
-            rows.push(vec![
+            let mut row = vec![
                 s(&p["version"]),
                 "-".into(),
                 format!("starting x{}", s(&p["starting"])),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ]);
+            ];
+            row.extend(std::iter::repeat_n("-".to_string(), 5));
+            rows.push(row);
         }
     }
     if rows.is_empty() {
@@ -165,6 +172,8 @@ pub fn info(v: &Value, as_json: bool) -> Result<()> {
                 "STATE",
                 "IN-FLIGHT",
                 "SERVED",
+                "CPU",
+                "MEMORY",
                 "STARTED",
             ],
             rows,
@@ -187,6 +196,37 @@ pub fn info(v: &Value, as_json: bool) -> Result<()> {
                 ""
             }
         );
+        let f = &p["floor"];
+        if f.is_object() {
+            let mut line = format!(
+                "  floor {} (min {}, provisioned {}",
+                s(&f["effective"]),
+                s(&f["min"]),
+                s(&f["provisioned"])
+            );
+            let e = &f["schedule"];
+            if e.is_object() {
+                line.push_str(&format!(
+                    " by schedule \"{}\" ({}) since {}",
+                    s(&e["cron"]),
+                    s(&e["timezone"]),
+                    time(&e["since"])
+                ));
+            }
+            line.push(')');
+            let n = &f["next"];
+            if n.is_object() {
+                line.push_str(&format!(
+                    "; provisioned {} from {}",
+                    s(&n["provisioned"]),
+                    time(&n["at"])
+                ));
+            }
+            println!("{line}");
+        }
+        for r in items(&p["rules"]) {
+            println!("  rule {}", s(&r["reason"]));
+        }
         for e in items(&p["scale_events"]) {
             println!(
                 "  {}  {} -> {}  {}",
@@ -236,7 +276,7 @@ pub fn info(v: &Value, as_json: bool) -> Result<()> {
             set(&l["pids"], &|v| s(v)),
             s(&e["mechanism"])
         );
-        for k in ["memory", "cpu", "pids", "stop"] {
+        for k in ["memory", "cpu", "pids", "stop", "usage"] {
             println!("  {k}: {}", s(&e[k]));
         }
     }

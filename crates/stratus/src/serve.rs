@@ -342,6 +342,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         limits.pids,
         limits.stop
     );
+    tracing::info!("instance CPU and memory use: {}", limits.usage);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -15,5 +15,6 @@ mod lifecycle;
 mod limits;
 mod observability;
 mod scaling;
+mod scaling_rules;
 mod traffic;
 mod wasm;
