@@ -128,6 +128,37 @@ def timeline(s, name, since_ms, step_ms=500, rows=12):
               f"{p99([q for _, q, _ in b]):>11.1f} {sum(c for _, _, c in b):>5} {sum(1 for d, _, _ in b if d >= slow):>6}")
 
 
+class Probe(threading.Thread):
+    """A request every 20 ms to the warm fixed pool while the burst starts: whether the gateway
+    itself stalls (the probe's function has all the capacity it needs). Latency from the
+    client, against the server's own measure of the same requests."""
+
+    def __init__(self, s, path, seconds=5.0):
+        super().__init__(daemon=True)
+        self.s, self.path, self.seconds = s, path, seconds
+        self.samples = []
+
+    def run(self):
+        import http.client
+        t0 = time.perf_counter()
+        c = http.client.HTTPConnection("127.0.0.1", self.s.gw, timeout=10)
+        while time.perf_counter() - t0 < self.seconds:
+            a = time.perf_counter()
+            c.request("GET", self.path)
+            r = c.getresponse()
+            r.read()
+            self.samples.append((a - t0, (time.perf_counter() - a) * 1000))
+            time.sleep(0.02)
+        c.close()
+
+    def report(self):
+        lat = sorted(ms for _, ms in self.samples)
+        worst = sorted(self.samples, key=lambda x: -x[1])[:5]
+        print(f"  probe to the warm fixed pool during the burst's first {self.seconds:.0f} s: {len(lat)} requests, "
+              f"p50 {lat[len(lat) // 2]:.1f} ms, max {lat[-1]:.1f} ms; worst at "
+              + ", ".join(f"{t:.2f} s: {ms:.0f} ms" for t, ms in worst))
+
+
 class Capacity(threading.Thread):
     """Polls ready instances every 50 ms; notes when ready x concurrency first covered demand."""
 
@@ -172,6 +203,8 @@ def main():
         cap.start()
         cap.start_at = time.perf_counter()
         burst_from = int(time.time() * 1000)
+        probe = Probe(s, "/fn/ideal/")
+        probe.start()
         burst = wrk(s.url("/fn/burst/"), CLIENTS, DURATION)
         cap.stop_flag = True
         cap.join()
@@ -189,6 +222,8 @@ def main():
         print(f"p50 ratio {burst[1] / ideal[1]:.2f}, p99 ratio {p99r:.2f} (target <= 2: {'MET' if p99r <= 2 else 'MISSED'}); "
               f"errors {burst[3]} (target 0: {'MET' if burst[3] == 0 else 'MISSED'})")
         timeline(s, "burst", burst_from)
+        probe.join()
+        probe.report()
         print()
 
         before = s.instances("burst")
