@@ -136,14 +136,14 @@ async fn writer(store: Arc<dyn LogStore>, mut rx: mpsc::Receiver<Entry>, config:
                 if n == 0 {
                     return;
                 }
-                // Let a burst accumulate into one transaction.
-                if batch.len() < config.batch {
-                    tokio::time::sleep(config.flush_every).await;
-                    while batch.len() < config.batch {
-                        match rx.try_recv() {
-                            Ok(l) => batch.push(l),
-                            Err(_) => break,
-                        }
+                // Let a burst accumulate into one transaction, for at most `flush_every`; a
+                // full batch is written at once.
+                let deadline = tokio::time::Instant::now() + config.flush_every;
+                while batch.len() < config.batch {
+                    let room = config.batch - batch.len();
+                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
                     }
                 }
                 let mut lines = Vec::with_capacity(batch.len());

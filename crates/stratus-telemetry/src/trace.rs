@@ -155,13 +155,14 @@ async fn export(
         if rx.recv_many(&mut groups, config.batch).await == 0 {
             return;
         }
-        if groups.len() < config.batch {
-            tokio::time::sleep(config.flush_every).await;
-            while groups.len() < config.batch {
-                match rx.try_recv() {
-                    Ok(g) => groups.push(g),
-                    Err(_) => break,
-                }
+        // Fill the batch for at most `flush_every`, and send it as soon as it is full: a fixed
+        // sleep here let the queue overflow (and drop spans) whenever traffic filled it faster.
+        let deadline = tokio::time::Instant::now() + config.flush_every;
+        while groups.len() < config.batch {
+            let room = config.batch - groups.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut groups, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             }
         }
         let batch: Vec<SpanRecord> = groups.drain(..).flatten().collect();
@@ -434,11 +435,13 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn spans_are_posted_in_batches_and_counted() {
+    type Posted = mpsc::UnboundedReceiver<(String, String, Bytes)>;
+
+    /// An OTLP/HTTP collector that answers 200 and hands over what it was sent.
+    async fn sink() -> (std::net::SocketAddr, Posted) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (got_tx, mut got_rx) = mpsc::unbounded_channel();
+        let (got_tx, got_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
@@ -465,6 +468,29 @@ mod tests {
                 });
             }
         });
+        (addr, got_rx)
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_goes_out_without_waiting_for_the_flush_interval() {
+        let (addr, mut got_rx) = sink().await;
+        let mut config = TraceConfig::new(format!("http://{addr}"));
+        config.flush_every = Duration::from_secs(60);
+        config.batch = 2;
+        let tracer = Tracer::start(config).unwrap();
+        tracer.submit(sample(None));
+        tracer.submit(sample(None));
+        let (_, _, body) = tokio::time::timeout(Duration::from_secs(10), got_rx.recv())
+            .await
+            .expect("sent once the batch was full, not after flush_every")
+            .unwrap();
+        let req = Official::decode(body).unwrap();
+        assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn spans_are_posted_in_batches_and_counted() {
+        let (addr, mut got_rx) = sink().await;
         let mut config = TraceConfig::new(format!("http://{addr}"));
         config.flush_every = Duration::from_millis(20);
         let tracer = Tracer::start(config).unwrap();
