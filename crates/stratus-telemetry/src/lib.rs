@@ -127,6 +127,24 @@ impl RequestSink for LogHub {
     }
 }
 
+/// Tops `batch` up to `max` entries for at most `wait`, returning as soon as it is full (a fixed
+/// sleep instead let a fast producer overflow the channel while the consumer slept).
+pub(crate) async fn fill_batch<T>(
+    rx: &mut mpsc::Receiver<T>,
+    batch: &mut Vec<T>,
+    max: usize,
+    wait: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + wait;
+    while batch.len() < max {
+        let room = max - batch.len();
+        match tokio::time::timeout_at(deadline, rx.recv_many(batch, room)).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
 async fn writer(store: Arc<dyn LogStore>, mut rx: mpsc::Receiver<Entry>, config: LogConfig) {
     let mut prune = tokio::time::interval(Duration::from_secs(600));
     let mut batch = Vec::with_capacity(config.batch);
@@ -136,16 +154,8 @@ async fn writer(store: Arc<dyn LogStore>, mut rx: mpsc::Receiver<Entry>, config:
                 if n == 0 {
                     return;
                 }
-                // Let a burst accumulate into one transaction, for at most `flush_every`; a
-                // full batch is written at once.
-                let deadline = tokio::time::Instant::now() + config.flush_every;
-                while batch.len() < config.batch {
-                    let room = config.batch - batch.len();
-                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
+                // Let a burst accumulate into one transaction.
+                fill_batch(&mut rx, &mut batch, config.batch, config.flush_every).await;
                 let mut lines = Vec::with_capacity(batch.len());
                 let mut records = Vec::with_capacity(batch.len());
                 let mut captures = Vec::new();

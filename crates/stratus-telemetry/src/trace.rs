@@ -155,16 +155,7 @@ async fn export(
         if rx.recv_many(&mut groups, config.batch).await == 0 {
             return;
         }
-        // Fill the batch for at most `flush_every`, and send it as soon as it is full: a fixed
-        // sleep here let the queue overflow (and drop spans) whenever traffic filled it faster.
-        let deadline = tokio::time::Instant::now() + config.flush_every;
-        while groups.len() < config.batch {
-            let room = config.batch - groups.len();
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut groups, room)).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        crate::fill_batch(&mut rx, &mut groups, config.batch, config.flush_every).await;
         let batch: Vec<SpanRecord> = groups.drain(..).flatten().collect();
         let n = batch.len() as u64;
         let body = Bytes::from(encode(&config.service_name, batch));
