@@ -127,21 +127,31 @@ impl RequestSink for LogHub {
     }
 }
 
-/// Tops `batch` up to `max` entries for at most `wait`, returning as soon as it is full (a fixed
-/// sleep instead let a fast producer overflow the channel while the consumer slept).
+/// Tops `batch` up to `max` entries for at most `wait`, returning as soon as it is full. It
+/// looks at the channel every 10 ms rather than waiting on it: a receiver woken per entry costs
+/// a task wake-up per request, and a fixed sleep of `wait` let a fast producer overflow the
+/// channel meanwhile.
 pub(crate) async fn fill_batch<T>(
     rx: &mut mpsc::Receiver<T>,
     batch: &mut Vec<T>,
     max: usize,
     wait: Duration,
 ) {
+    const LOOK_EVERY: Duration = Duration::from_millis(10);
     let deadline = tokio::time::Instant::now() + wait;
-    while batch.len() < max {
-        let room = max - batch.len();
-        match tokio::time::timeout_at(deadline, rx.recv_many(batch, room)).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+    loop {
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(x) => batch.push(x),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
         }
+        let now = tokio::time::Instant::now();
+        if batch.len() >= max || now >= deadline {
+            return;
+        }
+        tokio::time::sleep(LOOK_EVERY.min(deadline - now)).await;
     }
 }
 
