@@ -14,7 +14,7 @@ use crate::autoscale::{
 };
 use crate::decide::{Observation, ScaleDecision, decide, restart_backoff};
 use crate::floor::{Floor, FloorSchedule, floor_at};
-use crate::utilization::{Resource, ResourceRule, RuleOutcome, UsageHistory};
+use crate::utilization::{ResourceRule, RuleOutcome, UsageHistory};
 
 /// An instance lived less than this before exiting: count it as a crash loop step.
 const CRASH_WINDOW: Duration = Duration::from_secs(10);
@@ -440,18 +440,14 @@ impl InstancePool {
                     .filter_map(|s| rule.utilization(&s.usage()))
                     .collect();
                 let settled = live.iter().filter(|s| s.usage().settled()).count();
-                let never = live.iter().all(|s| {
-                    let h = s.usage();
-                    match rule.resource {
-                        Resource::Cpu => h.cpu_cores().is_none(),
-                        Resource::Memory => h.memory_bytes().is_none(),
-                    }
-                });
+                let never = live
+                    .iter()
+                    .all(|s| s.usage().used(rule.resource).is_none());
                 if settled > 0
                     && never
                     && !self.warned_unobservable.swap(true, Ordering::Relaxed)
                 {
-                    tracing::warn!(function = %self.spec.name, version = %self.version, "scaling.{}_target cannot act: this node does not observe the instances' {} use (see `stratus info`: limits, usage)", match rule.resource { Resource::Cpu => "cpu", Resource::Memory => "memory" }, match rule.resource { Resource::Cpu => "CPU", Resource::Memory => "memory" });
+                    tracing::warn!(function = %self.spec.name, version = %self.version, "scaling.{0}_target cannot act: this node does not observe the instances' {0} use (see `stratus info`: limits, usage)", rule.resource.as_str());
                 }
                 ResourceObservation {
                     rule: *rule,

@@ -62,6 +62,14 @@ impl UsageHistory {
     }
 
     /// Memory in use at the last sample.
+    /// The latest use of `resource`: cores for CPU, bytes for memory.
+    pub fn used(&self, resource: Resource) -> Option<f64> {
+        match resource {
+            Resource::Cpu => self.cpu_cores(),
+            Resource::Memory => self.memory_bytes().map(|b| b as f64),
+        }
+    }
+
     pub fn memory_bytes(&self) -> Option<u64> {
         self.memory
     }
@@ -78,6 +86,16 @@ impl UsageHistory {
 pub enum Resource {
     Cpu,
     Memory,
+}
+
+impl Resource {
+    /// Its name in manifest keys (`scaling.<name>_target`) and reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Cpu => "cpu",
+            Resource::Memory => "memory",
+        }
+    }
 }
 
 /// A utilisation rule: a target share of a per-instance limit.
@@ -116,11 +134,7 @@ impl ResourceRule {
         if !h.settled() {
             return None;
         }
-        let used = match self.resource {
-            Resource::Cpu => h.cpu_cores()?,
-            Resource::Memory => h.memory_bytes()? as f64,
-        };
-        Some(used / self.limit)
+        Some(h.used(self.resource)? / self.limit)
     }
 
     fn limit_text(&self) -> String {
@@ -157,10 +171,7 @@ fn pct(x: f64) -> String {
 /// One rule over the current instances: `observed` holds the utilisation of each instance that
 /// reports it, `current` counts every instance (ready or starting, not draining).
 pub fn evaluate(rule: &ResourceRule, observed: &[f64], current: u32) -> RuleOutcome {
-    let name = match rule.resource {
-        Resource::Cpu => "cpu",
-        Resource::Memory => "memory",
-    };
+    let name = rule.resource.as_str();
     let reporting = observed.len() as u32;
     let mut out = RuleOutcome {
         resource: rule.resource,

@@ -284,17 +284,15 @@ fn span(s: &SpanRecord, out: &mut Vec<u8>) {
 
 /// Protocol buffers' wire format, the four pieces OTLP's messages need (prost's `encoding`).
 mod wire {
-    pub use prost::encoding::{encode_varint as put_varint, encoded_len_varint};
-
     pub const VARINT: prost::encoding::WireType = prost::encoding::WireType::Varint;
     pub const FIXED64: prost::encoding::WireType = prost::encoding::WireType::SixtyFourBit;
     pub const LEN: prost::encoding::WireType = prost::encoding::WireType::LengthDelimited;
 
     pub fn varint(out: &mut Vec<u8>, v: u64) {
-        put_varint(v, out);
+        prost::encoding::encode_varint(v, out);
     }
     pub fn varint_len(v: u64) -> usize {
-        encoded_len_varint(v)
+        prost::encoding::encoded_len_varint(v)
     }
     pub fn key(out: &mut Vec<u8>, tag: u32, wt: prost::encoding::WireType) {
         prost::encoding::encode_key(tag, wt, out);
