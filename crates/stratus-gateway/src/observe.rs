@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use stratus_runtime::{Body, BoxError, RequestSink};
 use stratus_store::{RequestRecord, Trigger, VersionRecord};
-use stratus_telemetry::trace::{AttrValue, SpanKind, SpanRecord, Tracer};
+use stratus_telemetry::trace::{ServedRequest, Tracer};
 
 use crate::capture::Capture;
 use stratus_telemetry::context::TraceContext;
@@ -176,6 +176,12 @@ impl Report {
             None => None,
         };
         let queue_wait = t.queue.map(|(a, b)| b - a).unwrap_or_default();
+        let traced = self.observers.tracer.is_some() && t.trace.flags & 1 == 1;
+        // The server span fails with the record's error when the platform or the function did.
+        let span_error = error
+            .as_ref()
+            .filter(|_| traced && (self.status >= 500 || t.error.is_some()))
+            .cloned();
         if let Some(sink) = &self.observers.records {
             sink.record(RequestRecord {
                 id: 0,
@@ -192,111 +198,45 @@ impl Report {
                 queue_us: us(queue_wait),
                 init_us: t.init.map(us),
                 status: self.status,
-                error: error.clone(),
+                error,
                 bytes_in: t.bytes_in.load(Ordering::Relaxed),
                 bytes_out,
             });
         }
-        if let Some(tracer) = &self.observers.tracer
-            && t.trace.flags & 1 == 1
-        {
-            tracer.submit_all(self.spans(end, bytes_out, error));
+        if traced && let Some(tracer) = self.observers.tracer.clone() {
+            let served = self.served(end, bytes_out, span_error);
+            tracer.submit_served(served);
         }
     }
 
-    /// The server span and its children: routing, queueing (with the cold start inside it),
-    /// and the invocation, whose id the function received as its parent.
-    fn spans(&self, end: Instant, bytes_out: u64, error: Option<String>) -> Vec<SpanRecord> {
-        let t = &self.timeline;
-        let at = |i: Instant| nanos(t.wall) + (i - t.started).as_nanos() as u64;
-        let function = self.version.function.to_string();
-        let child = |name: &str, kind, start: Instant, stop: Instant, id: [u8; 8]| SpanRecord {
-            trace_id: t.trace.trace_id,
-            span_id: id,
-            parent_span_id: Some(t.trace.span_id),
-            trace_state: t.trace_state.clone(),
-            name: name.to_string(),
-            kind,
-            start_unix_nanos: at(start),
-            end_unix_nanos: at(stop),
-            attributes: vec![],
-            error: None,
-        };
-        let mut out = Vec::with_capacity(5);
-        let mut server = SpanRecord {
+    /// The request as its spans will show it: the timeline moves over (the record took
+    /// copies), and the exporter lays out the server span and its children.
+    fn served(self, end: Instant, bytes_out: u64, error: Option<String>) -> Box<ServedRequest> {
+        let t = self.timeline;
+        let wall = nanos(t.wall);
+        let at = |i: Instant| wall + (i - t.started).as_nanos() as u64;
+        Box::new(ServedRequest {
             trace_id: t.trace.trace_id,
             span_id: t.trace.span_id,
             parent_span_id: t.parent,
-            trace_state: t.trace_state.clone(),
-            name: format!("{} {function}", t.method),
-            kind: SpanKind::Server,
-            start_unix_nanos: at(t.started),
-            end_unix_nanos: at(end),
-            attributes: vec![
-                ("faas.name", AttrValue::Str(function.clone())),
-                (
-                    "faas.version",
-                    AttrValue::Str(self.version.number.0.to_string()),
-                ),
-                ("faas.instance", AttrValue::Str(t.instance.clone())),
-                ("faas.trigger", AttrValue::Str("http".into())),
-                ("faas.invocation_id", AttrValue::Str(t.request_id.clone())),
-                ("faas.coldstart", AttrValue::Bool(t.init.is_some())),
-                ("http.request.method", AttrValue::Str(t.method.clone())),
-                ("url.path", AttrValue::Str(t.path.clone())),
-                (
-                    "http.response.status_code",
-                    AttrValue::Int(self.status as i64),
-                ),
-                ("http.response.body.size", AttrValue::Int(bytes_out as i64)),
-            ],
-            error: error.filter(|_| self.status >= 500 || t.error.is_some()),
-        };
-        if let Some(code) = t.error {
-            server
-                .attributes
-                .push(("error.type", AttrValue::Str(code.into())));
-        }
-        out.push(server);
-        let routed = t.routed.unwrap_or(t.started);
-        out.push(child(
-            "route",
-            SpanKind::Internal,
-            t.started,
-            routed,
-            rand::random(),
-        ));
-        if let Some((a, b)) = t.queue {
-            let queue_id: [u8; 8] = rand::random();
-            out.push(child("queue", SpanKind::Internal, a, b, queue_id));
-            if let Some(init) = t.init {
-                let mut cold = child(
-                    "cold_start",
-                    SpanKind::Internal,
-                    b.checked_sub(init).unwrap_or(a).max(a),
-                    b,
-                    rand::random(),
-                );
-                cold.parent_span_id = Some(queue_id);
-                cold.attributes
-                    .push(("faas.instance", AttrValue::Str(t.instance.clone())));
-                out.push(cold);
-            }
-        }
-        if let Some(sent) = t.sent {
-            let mut invoke = child(
-                &format!("invoke {function}"),
-                SpanKind::Client,
-                sent,
-                end,
-                t.invoke_span,
-            );
-            invoke
-                .attributes
-                .push(("faas.instance", AttrValue::Str(t.instance.clone())));
-            out.push(invoke);
-        }
-        out
+            function: self.version.function.to_string(),
+            version: self.version.number.0,
+            status: self.status,
+            bytes_out,
+            error_type: t.error,
+            error,
+            start: at(t.started),
+            routed: at(t.routed.unwrap_or(t.started)),
+            queue: t.queue.map(|(a, b)| (at(a), at(b))),
+            init: t.init.map(|d| d.as_nanos() as u64),
+            invoke: t.sent.map(|sent| (at(sent), t.invoke_span)),
+            end: at(end),
+            trace_state: t.trace_state,
+            instance: t.instance,
+            request_id: t.request_id,
+            method: t.method,
+            path: t.path,
+        })
     }
 }
 

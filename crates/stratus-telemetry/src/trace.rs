@@ -86,8 +86,63 @@ impl TraceConfig {
     }
 }
 
-/// A request's spans travel together: one queue entry and one wake-up per request, not per span.
-type SpanGroup = Vec<SpanRecord>;
+/// One request the gateway served, handed over as it was timed; the exporter lays it out as
+/// its spans (the server span; route, queue with the cold start inside it, and invoke under it).
+/// The request path so moves what it already holds into one box, and allocates nothing per
+/// span or attribute.
+#[derive(Debug, Clone)]
+pub struct ServedRequest {
+    pub trace_id: [u8; 16],
+    /// The server span's id (the gateway's own span).
+    pub span_id: [u8; 8],
+    /// The caller's span, when it sent a `traceparent`.
+    pub parent_span_id: Option<[u8; 8]>,
+    pub trace_state: String,
+    pub function: String,
+    pub version: u32,
+    pub instance: String,
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub bytes_out: u64,
+    /// The platform's error code (`error.type`), when the platform answered.
+    pub error_type: Option<&'static str>,
+    /// The server span's status message, when the request failed.
+    pub error: Option<String>,
+    /// Unix nanoseconds: the request's start, routing's end, the queue wait, the request's end.
+    pub start: u64,
+    pub routed: u64,
+    pub queue: Option<(u64, u64)>,
+    /// The cold start's length (inside the queue wait), when the request started an instance.
+    pub init: Option<u64>,
+    /// When the request was sent to the instance, and the span id the function was given as its
+    /// parent.
+    pub invoke: Option<(u64, [u8; 8])>,
+    pub end: u64,
+}
+
+/// What travels to the exporter: one entry and one wake-up per request, not per span.
+enum SpanGroup {
+    Spans(Vec<SpanRecord>),
+    Served(Box<ServedRequest>),
+}
+
+impl SpanGroup {
+    fn len(&self) -> u64 {
+        match self {
+            SpanGroup::Spans(v) => v.len() as u64,
+            SpanGroup::Served(r) => r.span_count(),
+        }
+    }
+}
+
+impl ServedRequest {
+    fn span_count(&self) -> u64 {
+        let queue = self.queue.map_or(0, |_| 1 + self.init.map_or(0, |_| 1));
+        2 + queue + self.invoke.map_or(0, |_| 1)
+    }
+}
 
 pub struct Tracer {
     tx: mpsc::Sender<SpanGroup>,
@@ -124,11 +179,22 @@ impl Tracer {
         self.submit_all(vec![span]);
     }
 
-    /// Queues one request's finished spans as one entry; never waits.
+    /// Queues finished spans as one entry; never waits.
     pub fn submit_all(&self, spans: Vec<SpanRecord>) {
-        let n = spans.len() as u64;
-        if self.tx.try_send(spans).is_err() {
-            self.dropped.fetch_add(n, Ordering::Relaxed);
+        self.queue(SpanGroup::Spans(spans));
+    }
+
+    /// Queues a served request's spans (laid out by the exporter); never waits.
+    pub fn submit_served(&self, request: Box<ServedRequest>) {
+        self.queue(SpanGroup::Served(request));
+    }
+
+    fn queue(&self, group: SpanGroup) {
+        if let Err(e) = self.tx.try_send(group) {
+            let group = match e {
+                mpsc::error::TrySendError::Full(g) | mpsc::error::TrySendError::Closed(g) => g,
+            };
+            self.dropped.fetch_add(group.len(), Ordering::Relaxed);
         }
     }
 
@@ -156,9 +222,9 @@ async fn export(
             return;
         }
         crate::fill_batch(&mut rx, &mut groups, config.batch, config.flush_every).await;
-        let batch: Vec<SpanRecord> = groups.drain(..).flatten().collect();
-        let n = batch.len() as u64;
-        let body = Bytes::from(encode(&config.service_name, batch));
+        let n = groups.iter().map(SpanGroup::len).sum::<u64>();
+        let body = Bytes::from(encode(&config.service_name, &groups));
+        groups.clear();
         let mut sent = false;
         for attempt in 0..3u32 {
             let req = http::Request::post(url.clone())
@@ -193,125 +259,355 @@ async fn export(
     }
 }
 
+/// A span as the encoder sees it, borrowed from a [`SpanRecord`] or laid out from a
+/// [`ServedRequest`].
+struct SpanView<'a> {
+    trace_id: &'a [u8; 16],
+    span_id: [u8; 8],
+    parent: Option<[u8; 8]>,
+    trace_state: &'a str,
+    /// The name, in pieces written one after the other (`GET` ` ` `hello`).
+    name: [&'a str; 3],
+    kind: SpanKind,
+    start: u64,
+    end: u64,
+    attributes: &'a [(&'static str, Val<'a>)],
+    error: Option<&'a str>,
+}
+
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+}
+
+impl<'a> From<&'a AttrValue> for Val<'a> {
+    fn from(v: &'a AttrValue) -> Self {
+        match v {
+            AttrValue::Str(s) => Val::Str(s),
+            AttrValue::Int(i) => Val::Int(*i),
+            AttrValue::Bool(b) => Val::Bool(*b),
+        }
+    }
+}
+
 /// An `ExportTraceServiceRequest`, written straight from the spans: no intermediate message
-/// structs, so no per-attribute key or id allocations (this runs for every traced request).
-/// Nested messages are length-prefixed, so each span is written to a scratch buffer first.
-fn encode(service: &str, spans: Vec<SpanRecord>) -> Vec<u8> {
-    let mut spans_buf = Vec::with_capacity(spans.len() * 320);
-    let mut scratch = Vec::with_capacity(512);
-    for s in &spans {
-        scratch.clear();
-        span(s, &mut scratch);
-        wire::message(&mut spans_buf, 2, &scratch);
+/// structs and no per-span buffers. Each nested message's length is counted by a first, dry
+/// run of its writer ([`wire::Len`]), so the spans are written once, then copied once behind
+/// the few bytes of envelope.
+fn encode(service: &str, groups: &[SpanGroup]) -> Vec<u8> {
+    let mut spans = Vec::with_capacity(groups.len() * 5 * 200);
+    for g in groups {
+        match g {
+            SpanGroup::Spans(records) => {
+                for r in records {
+                    let attributes: Vec<(&'static str, Val<'_>)> =
+                        r.attributes.iter().map(|(k, v)| (*k, v.into())).collect();
+                    let view = SpanView {
+                        trace_id: &r.trace_id,
+                        span_id: r.span_id,
+                        parent: r.parent_span_id,
+                        trace_state: &r.trace_state,
+                        name: [&r.name, "", ""],
+                        kind: r.kind,
+                        start: r.start_unix_nanos,
+                        end: r.end_unix_nanos,
+                        attributes: &attributes,
+                        error: r.error.as_deref(),
+                    };
+                    wire::message(&mut spans, 2, &view);
+                }
+            }
+            SpanGroup::Served(r) => served_spans(r, |view| wire::message(&mut spans, 2, view)),
+        }
     }
     // ScopeSpans { scope = 1: InstrumentationScope { name = 1, version = 2 }, spans = 2 }
-    let mut scope = Vec::new();
-    wire::string(&mut scope, 1, "stratus-gateway");
-    wire::string(&mut scope, 2, env!("CARGO_PKG_VERSION"));
-    let mut scope_spans = Vec::with_capacity(spans_buf.len() + 64);
-    wire::message(&mut scope_spans, 1, &scope);
-    scope_spans.extend_from_slice(&spans_buf);
+    let scope = Scope;
+    let scope_len = wire::len_of(&scope);
+    let scope_spans_len = wire::field_len(scope_len) + spans.len();
     // ResourceSpans { resource = 1: Resource { attributes = 1 }, scope_spans = 2 }
-    let mut resource = Vec::new();
-    for (k, v) in [("service.name", service), ("cloud.provider", "stratus")] {
-        scratch.clear();
-        key_value(&mut scratch, k, &AttrValue::Str(v.into()));
-        wire::message(&mut resource, 1, &scratch);
-    }
-    let mut resource_spans = Vec::with_capacity(scope_spans.len() + 128);
-    wire::message(&mut resource_spans, 1, &resource);
-    wire::message(&mut resource_spans, 2, &scope_spans);
+    let resource = Resource(service);
+    let resource_spans_len =
+        wire::field_len(wire::len_of(&resource)) + wire::field_len(scope_spans_len);
     // ExportTraceServiceRequest { resource_spans = 1 }
-    let mut out = Vec::with_capacity(resource_spans.len() + 8);
-    wire::message(&mut out, 1, &resource_spans);
+    let mut out = Vec::with_capacity(wire::field_len(resource_spans_len));
+    wire::header(&mut out, 1, resource_spans_len);
+    wire::message(&mut out, 1, &resource);
+    wire::header(&mut out, 2, scope_spans_len);
+    wire::message(&mut out, 1, &scope);
+    out.extend_from_slice(&spans);
     out
 }
 
-/// `KeyValue { key = 1, value = 2: AnyValue { string = 1 | bool = 2 | int = 3 } }`, the
-/// AnyValue's length computed rather than buffered.
-fn key_value(out: &mut Vec<u8>, key: &str, v: &AttrValue) {
-    wire::string(out, 1, key);
-    wire::key(out, 2, wire::LEN);
-    match v {
-        AttrValue::Str(s) => {
-            wire::varint(out, (1 + wire::varint_len(s.len() as u64) + s.len()) as u64);
-            // Written even when empty: it says which variant the value is.
-            wire::message(out, 1, s.as_bytes());
+/// A served request's spans: the server span, then route, queue and cold start (when the
+/// request waited for an instance) and invoke (when it reached one).
+fn served_spans(r: &ServedRequest, mut emit: impl FnMut(&SpanView<'_>)) {
+    let mut digits = [0u8; 10];
+    let version = decimal(r.version, &mut digits);
+    let mut server_attrs = [
+        ("faas.name", Val::Str(&r.function)),
+        ("faas.version", Val::Str(version)),
+        ("faas.instance", Val::Str(&r.instance)),
+        ("faas.trigger", Val::Str("http")),
+        ("faas.invocation_id", Val::Str(&r.request_id)),
+        ("faas.coldstart", Val::Bool(r.init.is_some())),
+        ("http.request.method", Val::Str(&r.method)),
+        ("url.path", Val::Str(&r.path)),
+        ("http.response.status_code", Val::Int(r.status as i64)),
+        ("http.response.body.size", Val::Int(r.bytes_out as i64)),
+        ("error.type", Val::Str("")),
+    ];
+    let n_attrs = match r.error_type {
+        Some(code) => {
+            server_attrs[10].1 = Val::Str(code);
+            11
         }
-        AttrValue::Bool(b) => {
-            wire::varint(out, 2);
-            wire::key(out, 2, wire::VARINT);
-            wire::varint(out, *b as u64);
+        None => 10,
+    };
+    let child = |name: &'static str, kind, start, end, span_id| SpanView {
+        trace_id: &r.trace_id,
+        span_id,
+        parent: Some(r.span_id),
+        trace_state: &r.trace_state,
+        name: [name, "", ""],
+        kind,
+        start,
+        end,
+        attributes: &[],
+        error: None,
+    };
+    emit(&SpanView {
+        trace_id: &r.trace_id,
+        span_id: r.span_id,
+        parent: r.parent_span_id,
+        trace_state: &r.trace_state,
+        name: [&r.method, " ", &r.function],
+        kind: SpanKind::Server,
+        start: r.start,
+        end: r.end,
+        attributes: &server_attrs[..n_attrs],
+        error: r.error.as_deref(),
+    });
+    emit(&child(
+        "route",
+        SpanKind::Internal,
+        r.start,
+        r.routed,
+        rand::random(),
+    ));
+    let instance = [("faas.instance", Val::Str(&r.instance))];
+    if let Some((a, b)) = r.queue {
+        let queue_id: [u8; 8] = rand::random();
+        emit(&child("queue", SpanKind::Internal, a, b, queue_id));
+        if let Some(init) = r.init {
+            let mut cold = child(
+                "cold_start",
+                SpanKind::Internal,
+                b.saturating_sub(init).max(a),
+                b,
+                rand::random(),
+            );
+            cold.parent = Some(queue_id);
+            cold.attributes = &instance;
+            emit(&cold);
         }
-        AttrValue::Int(i) => {
-            wire::varint(out, (1 + wire::varint_len(*i as u64)) as u64);
-            wire::key(out, 3, wire::VARINT);
-            wire::varint(out, *i as u64);
+    }
+    if let Some((sent, span_id)) = r.invoke {
+        let mut invoke = child("", SpanKind::Client, sent, r.end, span_id);
+        invoke.name = ["invoke ", &r.function, ""];
+        invoke.attributes = &instance;
+        emit(&invoke);
+    }
+}
+
+/// `v` in decimal, in `buf`.
+fn decimal(mut v: u32, buf: &mut [u8; 10]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
+}
+
+struct Scope;
+
+impl wire::Msg for Scope {
+    fn write<O: wire::Out>(&self, o: &mut O) {
+        wire::string(o, 1, "stratus-gateway");
+        wire::string(o, 2, env!("CARGO_PKG_VERSION"));
+    }
+}
+
+struct Resource<'a>(&'a str);
+
+impl wire::Msg for Resource<'_> {
+    fn write<O: wire::Out>(&self, o: &mut O) {
+        for (k, v) in [("service.name", self.0), ("cloud.provider", "stratus")] {
+            wire::message(o, 1, &KeyValue(k, Val::Str(v)));
+        }
+    }
+}
+
+/// `KeyValue { key = 1, value = 2: AnyValue { string = 1 | bool = 2 | int = 3 } }`.
+struct KeyValue<'a>(&'a str, Val<'a>);
+
+impl wire::Msg for KeyValue<'_> {
+    fn write<O: wire::Out>(&self, o: &mut O) {
+        wire::string(o, 1, self.0);
+        match self.1 {
+            Val::Str(s) => {
+                // Written even when empty: it says which variant the value is.
+                wire::header(o, 2, wire::field_len(s.len()));
+                wire::header(o, 1, s.len());
+                o.put(s.as_bytes());
+            }
+            Val::Bool(b) => {
+                wire::header(o, 2, 2);
+                wire::uint(o, 2, b as u64);
+            }
+            Val::Int(i) => {
+                wire::header(o, 2, 1 + wire::varint_len(i as u64));
+                wire::uint(o, 3, i as u64);
+            }
+        }
+    }
+}
+
+/// `Status { message = 2, code = 3 }`: always present (UNSET when the span did not fail).
+struct Status<'a>(Option<&'a str>);
+
+impl wire::Msg for Status<'_> {
+    fn write<O: wire::Out>(&self, o: &mut O) {
+        if let Some(why) = self.0 {
+            wire::string(o, 2, why);
+            wire::uint(o, 3, 2);
         }
     }
 }
 
 /// `Span` (opentelemetry/proto/trace/v1), the fields we write.
-fn span(s: &SpanRecord, out: &mut Vec<u8>) {
-    wire::bytes(out, 1, &s.trace_id);
-    wire::bytes(out, 2, &s.span_id);
-    wire::string(out, 3, &s.trace_state);
-    if let Some(p) = &s.parent_span_id {
-        wire::bytes(out, 4, p);
+impl wire::Msg for SpanView<'_> {
+    fn write<O: wire::Out>(&self, o: &mut O) {
+        wire::bytes(o, 1, self.trace_id);
+        wire::bytes(o, 2, &self.span_id);
+        wire::string(o, 3, self.trace_state);
+        if let Some(p) = &self.parent {
+            wire::bytes(o, 4, p);
+        }
+        let name_len: usize = self.name.iter().map(|p| p.len()).sum();
+        if name_len > 0 {
+            wire::header(o, 5, name_len);
+            for p in self.name {
+                o.put(p.as_bytes());
+            }
+        }
+        wire::uint(o, 6, self.kind as u64);
+        wire::fixed64(o, 7, self.start);
+        wire::fixed64(o, 8, self.end);
+        for (k, v) in self.attributes {
+            wire::message(o, 9, &KeyValue(k, *v));
+        }
+        wire::message(o, 15, &Status(self.error));
     }
-    wire::string(out, 5, &s.name);
-    wire::key(out, 6, wire::VARINT);
-    wire::varint(out, s.kind as u64);
-    wire::key(out, 7, wire::FIXED64);
-    out.extend_from_slice(&s.start_unix_nanos.to_le_bytes());
-    wire::key(out, 8, wire::FIXED64);
-    out.extend_from_slice(&s.end_unix_nanos.to_le_bytes());
-    let mut kv = Vec::with_capacity(64);
-    for (k, v) in &s.attributes {
-        kv.clear();
-        key_value(&mut kv, k, v);
-        wire::message(out, 9, &kv);
-    }
-    // Status { message = 2, code = 3 }: always present (UNSET when the span did not fail).
-    let mut status = Vec::new();
-    if let Some(why) = &s.error {
-        wire::string(&mut status, 2, why);
-        wire::key(&mut status, 3, wire::VARINT);
-        wire::varint(&mut status, 2);
-    }
-    wire::message(out, 15, &status);
 }
 
-/// Protocol buffers' wire format, the four pieces OTLP's messages need (prost's `encoding`).
+/// Protocol buffers' wire format, the pieces OTLP's messages need, written to a buffer or
+/// counted ([`Len`]) so that a nested message's length is known before it is written.
 mod wire {
-    pub const VARINT: prost::encoding::WireType = prost::encoding::WireType::Varint;
-    pub const FIXED64: prost::encoding::WireType = prost::encoding::WireType::SixtyFourBit;
-    pub const LEN: prost::encoding::WireType = prost::encoding::WireType::LengthDelimited;
+    const VARINT: u64 = 0;
+    const FIXED64: u64 = 1;
+    const LEN: u64 = 2;
 
-    pub fn varint(out: &mut Vec<u8>, v: u64) {
-        prost::encoding::encode_varint(v, out);
+    pub trait Out {
+        fn put(&mut self, b: &[u8]);
+        fn varint(&mut self, v: u64);
     }
+
+    impl Out for Vec<u8> {
+        fn put(&mut self, b: &[u8]) {
+            self.extend_from_slice(b);
+        }
+        fn varint(&mut self, v: u64) {
+            prost::encoding::encode_varint(v, self);
+        }
+    }
+
+    /// Counts the bytes a writer would write.
+    pub struct Len(pub usize);
+
+    impl Out for Len {
+        fn put(&mut self, b: &[u8]) {
+            self.0 += b.len();
+        }
+        fn varint(&mut self, v: u64) {
+            self.0 += varint_len(v);
+        }
+    }
+
+    /// A message's fields, written to any [`Out`].
+    pub trait Msg {
+        fn write<O: Out>(&self, o: &mut O);
+    }
+
     pub fn varint_len(v: u64) -> usize {
         prost::encoding::encoded_len_varint(v)
     }
-    pub fn key(out: &mut Vec<u8>, tag: u32, wt: prost::encoding::WireType) {
-        prost::encoding::encode_key(tag, wt, out);
+
+    pub fn len_of<M: Msg>(m: &M) -> usize {
+        let mut n = Len(0);
+        m.write(&mut n);
+        n.0
     }
+
+    /// The size of a length-delimited field with a one-byte key (tags below 16) and `len`
+    /// bytes of payload.
+    pub fn field_len(len: usize) -> usize {
+        1 + varint_len(len as u64) + len
+    }
+
+    fn key<O: Out>(o: &mut O, tag: u32, wire_type: u64) {
+        o.varint(((tag as u64) << 3) | wire_type);
+    }
+
+    /// The key and length of a length-delimited field whose payload follows.
+    pub fn header<O: Out>(o: &mut O, tag: u32, len: usize) {
+        key(o, tag, LEN);
+        o.varint(len as u64);
+    }
+
+    pub fn uint<O: Out>(o: &mut O, tag: u32, v: u64) {
+        key(o, tag, VARINT);
+        o.varint(v);
+    }
+
+    pub fn fixed64<O: Out>(o: &mut O, tag: u32, v: u64) {
+        key(o, tag, FIXED64);
+        o.put(&v.to_le_bytes());
+    }
+
     /// A length-delimited field; empty ones are left out (proto3 default).
-    pub fn bytes(out: &mut Vec<u8>, tag: u32, b: &[u8]) {
+    pub fn bytes<O: Out>(o: &mut O, tag: u32, b: &[u8]) {
         if b.is_empty() {
             return;
         }
-        message(out, tag, b);
+        header(o, tag, b.len());
+        o.put(b);
     }
-    pub fn string(out: &mut Vec<u8>, tag: u32, s: &str) {
-        bytes(out, tag, s.as_bytes());
+
+    pub fn string<O: Out>(o: &mut O, tag: u32, s: &str) {
+        bytes(o, tag, s.as_bytes());
     }
-    /// An embedded message, already encoded (written even when empty: presence matters).
-    pub fn message(out: &mut Vec<u8>, tag: u32, encoded: &[u8]) {
-        key(out, tag, LEN);
-        varint(out, encoded.len() as u64);
-        out.extend_from_slice(encoded);
+
+    /// An embedded message (written even when empty: presence matters).
+    pub fn message<O: Out, M: Msg>(o: &mut O, tag: u32, m: &M) {
+        header(o, tag, len_of(m));
+        m.write(o);
     }
 }
 
@@ -345,7 +641,10 @@ mod tests {
 
     #[test]
     fn our_bytes_decode_as_the_official_otlp_messages() {
-        let bytes = encode("stratus", vec![sample(Some("overloaded"))]);
+        let bytes = encode(
+            "stratus",
+            &[SpanGroup::Spans(vec![sample(Some("overloaded"))])],
+        );
         let got = Official::decode(bytes.as_slice()).expect("valid OTLP");
         let rs = &got.resource_spans[0];
         let service = &rs.resource.as_ref().unwrap().attributes[0];
@@ -390,7 +689,10 @@ mod tests {
             ("no", AttrValue::Bool(false)),
             ("long", AttrValue::Str("x".repeat(300))),
         ];
-        let got = Official::decode(encode("svc", vec![sample(None), plain]).as_slice()).unwrap();
+        let got = Official::decode(
+            encode("svc", &[SpanGroup::Spans(vec![sample(None), plain])]).as_slice(),
+        )
+        .unwrap();
         let rs = &got.resource_spans[0];
         let resource = &rs.resource.as_ref().unwrap().attributes;
         assert_eq!(
@@ -421,6 +723,124 @@ mod tests {
                 ("no", Some(Value::BoolValue(false))),
                 ("long", Some(Value::StringValue("x".repeat(300)))),
             ]
+        );
+    }
+
+    fn served(cold: bool) -> ServedRequest {
+        let t = 1_700_000_000_000_000_000u64;
+        ServedRequest {
+            trace_id: [3; 16],
+            span_id: [4; 8],
+            parent_span_id: None,
+            trace_state: String::new(),
+            function: "hello".into(),
+            version: 12,
+            instance: "hello-v12-a".into(),
+            request_id: "req-1".into(),
+            method: "POST".into(),
+            path: "/fn/hello/x".into(),
+            status: 503,
+            bytes_out: 42,
+            error_type: Some("overloaded"),
+            error: Some("overloaded".into()),
+            start: t,
+            routed: t + 1_000,
+            queue: Some((t + 1_000, t + 9_000)),
+            init: cold.then_some(5_000),
+            invoke: Some((t + 9_500, [5; 8])),
+            end: t + 20_000,
+        }
+    }
+
+    #[test]
+    fn a_served_request_is_laid_out_as_its_spans() {
+        let groups = [
+            SpanGroup::Served(Box::new(served(true))),
+            SpanGroup::Served(Box::new(served(false))),
+        ];
+        assert_eq!((groups[0].len(), groups[1].len()), (5, 4));
+        let got = Official::decode(encode("svc", &groups).as_slice()).unwrap();
+        let spans = &got.resource_spans[0].scope_spans[0].spans;
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "POST hello",
+                "route",
+                "queue",
+                "cold_start",
+                "invoke hello",
+                "POST hello",
+                "route",
+                "queue",
+                "invoke hello"
+            ]
+        );
+        let (server, queue, cold, invoke) = (&spans[0], &spans[2], &spans[3], &spans[4]);
+        assert!(server.parent_span_id.is_empty(), "a root span");
+        assert_eq!(server.span_id, vec![4; 8]);
+        assert_eq!(
+            server.end_time_unix_nano - server.start_time_unix_nano,
+            20_000
+        );
+        for child in [&spans[1], queue, invoke] {
+            assert_eq!(child.parent_span_id, server.span_id);
+            assert_eq!(child.trace_id, vec![3; 16]);
+        }
+        assert_eq!(
+            cold.parent_span_id, queue.span_id,
+            "the cold start is inside the wait"
+        );
+        assert_eq!(
+            (cold.start_time_unix_nano, cold.end_time_unix_nano),
+            (queue.end_time_unix_nano - 5_000, queue.end_time_unix_nano)
+        );
+        assert_eq!(invoke.span_id, vec![5; 8], "the id the function was given");
+        assert_eq!(invoke.kind, 3, "SPAN_KIND_CLIENT");
+        let status = server.status.as_ref().unwrap();
+        assert_eq!((status.code, status.message.as_str()), (2, "overloaded"));
+        let attr = |s: &opentelemetry_proto::tonic::trace::v1::Span, k: &str| {
+            s.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.as_ref()?.value.clone())
+        };
+        assert_eq!(
+            attr(server, "faas.version"),
+            Some(Value::StringValue("12".into()))
+        );
+        assert_eq!(attr(server, "faas.coldstart"), Some(Value::BoolValue(true)));
+        assert_eq!(
+            attr(&spans[5], "faas.coldstart"),
+            Some(Value::BoolValue(false))
+        );
+        assert_eq!(
+            attr(server, "error.type"),
+            Some(Value::StringValue("overloaded".into()))
+        );
+        assert_eq!(
+            attr(server, "http.response.status_code"),
+            Some(Value::IntValue(503))
+        );
+        assert_eq!(
+            attr(server, "url.path"),
+            Some(Value::StringValue("/fn/hello/x".into()))
+        );
+        assert_eq!(
+            attr(invoke, "faas.instance"),
+            Some(Value::StringValue("hello-v12-a".into()))
+        );
+        let mut ok = served(false);
+        (ok.error_type, ok.error, ok.status) = (None, None, 200);
+        let got =
+            Official::decode(encode("svc", &[SpanGroup::Served(Box::new(ok))]).as_slice()).unwrap();
+        let server = &got.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(server.status.as_ref().unwrap().code, 0, "UNSET");
+        assert!(attr(server, "error.type").is_none());
+        let mut buf = [0u8; 10];
+        assert_eq!(
+            [0, 7, 10, u32::MAX].map(|v| decimal(v, &mut buf).to_string()),
+            ["0", "7", "10", "4294967295"]
         );
     }
 
