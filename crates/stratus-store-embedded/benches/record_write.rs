@@ -89,24 +89,26 @@ async fn main() {
             .and_then(|s| s.with_cache_kib(32 * 1024))
             .unwrap();
         // Records 38,000 a second apart in time, as the hello benchmark writes them.
+        // Only the store's call is timed: making up the records is the gateway's cost.
         let t0 = now_ms();
-        let start = Instant::now();
-        let mut tail = None;
+        let mut all = 0.0;
+        let mut tail = 0.0;
         let mut i = 0;
         while i < n {
             let end = (i + batch).min(n);
-            if tail.is_none() && i >= n * 9 / 10 {
-                tail = Some((i, Instant::now()));
-            }
             let rs = (i..end)
                 .map(|j| record(ordered, j, t0 + (j * 1000 / 38_000) as i64))
                 .collect();
+            let start = Instant::now();
             store.append_requests(rs).await.unwrap();
+            let took = start.elapsed().as_secs_f64();
+            all += took;
+            if i >= n * 9 / 10 {
+                tail += took;
+            }
             i = end;
         }
-        let all = start.elapsed().as_secs_f64();
-        let (ti, tt) = tail.unwrap();
-        let tail_us = tt.elapsed().as_secs_f64() * 1e6 / (n - ti) as f64;
+        let tail_us = tail * 1e6 / (n - n * 9 / 10) as f64;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
             + std::fs::metadata(path.with_extension("db-wal"))
                 .map(|m| m.len())

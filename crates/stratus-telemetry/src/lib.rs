@@ -36,8 +36,8 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            // Large batches: a commit rewrites every index page its rows touched, so rows that
-            // share pages (time order, one function) are written once per batch, not per row.
+            // Large batches: a batch of request records is stored as one chunk, and a query
+            // skips or decodes whole chunks.
             buffer: 32_768,
             batch: 4_096,
             flush_every: Duration::from_millis(200),

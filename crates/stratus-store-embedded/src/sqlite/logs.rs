@@ -1,6 +1,7 @@
 //! Log lines and request records. Both are append-only, written in batches by the telemetry
-//! writer, and pruned by age and count; queries go through indexes on function + id, time,
-//! request id and trace id, so finding one request among millions is an index lookup.
+//! writer, and pruned by age and count. Lines are rows with indexes; records are packed a
+//! batch to a row ([`chunks`]), and queries skip whole chunks by their time and id ranges,
+//! functions, status classes and Bloom filter of ids before decoding the rest.
 
 use async_trait::async_trait;
 use rusqlite::types::Value;
@@ -10,7 +11,7 @@ use stratus_store::{
     RequestSummary, Result, SummaryQuery, Trigger,
 };
 
-use super::{SqliteStore, db};
+use super::{SqliteStore, chunks, db};
 
 fn json_err(e: serde_json::Error) -> stratus_store::StoreError {
     stratus_store::StoreError::Backend(format!("capture record: {e}"))
@@ -29,35 +30,24 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_by_function ON logs(function, id);
 CREATE INDEX IF NOT EXISTS logs_by_at ON logs(at);
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id TEXT NOT NULL,
-    trace_id TEXT NOT NULL,
-    function TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    instance TEXT NOT NULL,
-    trigger TEXT NOT NULL,
-    method TEXT NOT NULL,
-    path TEXT NOT NULL,
-    start_ms INTEGER NOT NULL,
-    duration_us INTEGER NOT NULL,
-    queue_us INTEGER NOT NULL,
-    init_us INTEGER,
-    status INTEGER NOT NULL,
-    error TEXT,
-    bytes_in INTEGER NOT NULL,
-    bytes_out INTEGER NOT NULL
+-- Request records, a writer batch to a row (see `chunks`). Record ids run first_id..=last_id.
+CREATE TABLE IF NOT EXISTS request_chunks (
+    id INTEGER PRIMARY KEY,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    min_start_ms INTEGER NOT NULL,
+    max_start_ms INTEGER NOT NULL,
+    functions TEXT NOT NULL,
+    classes INTEGER NOT NULL,
+    bloom BLOB NOT NULL,
+    data BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS requests_by_function ON requests(function, id);
-CREATE INDEX IF NOT EXISTS requests_by_start ON requests(start_ms);
-CREATE INDEX IF NOT EXISTS requests_by_request_id ON requests(request_id);
-CREATE INDEX IF NOT EXISTS requests_by_trace_id ON requests(trace_id);
--- The smallest record id that started in each minute: a time window's records all have ids at
--- or above the window's first minute's, so a windowed query reads a rowid range found here in
--- a few rows (instead of walking the window's entries of `requests_by_start` for `min(id)`).
-CREATE TABLE IF NOT EXISTS request_minutes (
-    minute INTEGER PRIMARY KEY,
-    first_id INTEGER NOT NULL
+CREATE INDEX IF NOT EXISTS request_chunks_by_end ON request_chunks(max_start_ms);
+-- The last record id handed out: ids never go back, even when every chunk is pruned.
+CREATE TABLE IF NOT EXISTS request_seq (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    last_id INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS captures (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -92,22 +82,8 @@ pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
             c.execute_batch("ALTER TABLE logs ADD COLUMN request_id TEXT")?;
         }
     }
-    let has_minutes: bool = c
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'request_minutes'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|n| n > 0)?;
     c.execute_batch(SCHEMA)?;
-    if !has_minutes {
-        // Records written before the table existed: one pass to index their minutes.
-        c.execute_batch(
-            "INSERT INTO request_minutes (minute, first_id)
-             SELECT CASE WHEN start_ms >= 0 THEN start_ms / 60000 ELSE (start_ms - 59999) / 60000 END AS m, min(id)
-             FROM requests GROUP BY m",
-        )?;
-    }
+    migrate_record_rows(c)?;
     // Created after the column exists on old databases too.
     c.execute_batch(
         "CREATE INDEX IF NOT EXISTS logs_by_request ON logs(request_id) WHERE request_id IS NOT NULL",
@@ -128,37 +104,187 @@ fn like(text: &str) -> String {
     p
 }
 
-const RECORD_COLUMNS: &str = "id, request_id, trace_id, function, version, instance, trigger, method, path, start_ms, duration_us, queue_us, init_us, status, error, bytes_in, bytes_out";
-
-/// The minute a record's start falls in (`request_minutes`' key).
-fn minute(start_ms: i64) -> i64 {
-    start_ms.div_euclid(60_000)
+/// Records from before chunks (a row each, in `requests`) are packed into chunks, ids kept,
+/// and the old tables dropped: one pass on the first open.
+fn migrate_record_rows(c: &Connection) -> rusqlite::Result<()> {
+    let has_rows: bool = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'requests'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    if !has_rows {
+        return Ok(());
+    }
+    let tx = c.unchecked_transaction()?;
+    {
+        let mut st = tx.prepare("SELECT id, request_id, trace_id, function, version, instance, trigger, method, path, start_ms, duration_us, queue_us, init_us, status, error, bytes_in, bytes_out FROM requests WHERE id > ?1 ORDER BY id LIMIT 4096")?;
+        let mut after = 0i64;
+        loop {
+            let batch: Vec<RequestRecord> = st
+                .query_map([after], |r| {
+                    Ok(RequestRecord {
+                        id: r.get(0)?,
+                        request_id: r.get(1)?,
+                        trace_id: r.get(2)?,
+                        function: r.get(3)?,
+                        version: r.get(4)?,
+                        instance: r.get(5)?,
+                        trigger: Trigger::parse(&r.get::<_, String>(6)?),
+                        method: r.get(7)?,
+                        path: r.get(8)?,
+                        start_ms: r.get(9)?,
+                        duration_us: r.get::<_, i64>(10)? as u64,
+                        queue_us: r.get::<_, i64>(11)? as u64,
+                        init_us: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
+                        status: r.get(13)?,
+                        error: r.get(14)?,
+                        bytes_in: r.get::<_, i64>(15)? as u64,
+                        bytes_out: r.get::<_, i64>(16)? as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let Some(last) = batch.last() else { break };
+            after = last.id;
+            insert_chunk(&tx, &chunks::encode(&batch))?;
+        }
+    }
+    // AUTOINCREMENT's high-water mark, so no id is handed out twice.
+    let seq: i64 = tx.query_row(
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'requests'), (SELECT max(id) FROM requests), 0)",
+        [],
+        |r| r.get(0),
+    )?;
+    set_last_id(&tx, seq)?;
+    tx.execute_batch("DROP TABLE requests; DROP TABLE IF EXISTS request_minutes;")?;
+    tx.commit()
 }
 
-/// SQL for the smallest id a record that started at or after the bound's minute can have
-/// (past every record when none did). Binds one parameter: the minute.
-const FIRST_ID_FROM_MINUTE: &str = "(SELECT coalesce(min(first_id), (SELECT coalesce(max(id), 0) + 1 FROM requests)) FROM request_minutes WHERE minute >= ?)";
+fn insert_chunk(c: &Connection, k: &chunks::Chunk) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO request_chunks (first_id, last_id, n, min_start_ms, max_start_ms, functions, classes, bloom, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        k.first_id,
+        k.last_id,
+        k.n,
+        k.min_start_ms,
+        k.max_start_ms,
+        k.functions,
+        k.classes,
+        k.bloom,
+        k.data
+    ])?;
+    Ok(())
+}
 
-fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
-    Ok(RequestRecord {
-        id: r.get(0)?,
-        request_id: r.get(1)?,
-        trace_id: r.get(2)?,
-        function: r.get(3)?,
-        version: r.get(4)?,
-        instance: r.get(5)?,
-        trigger: Trigger::parse(&r.get::<_, String>(6)?),
-        method: r.get(7)?,
-        path: r.get(8)?,
-        start_ms: r.get(9)?,
-        duration_us: r.get::<_, i64>(10)? as u64,
-        queue_us: r.get::<_, i64>(11)? as u64,
-        init_us: r.get::<_, Option<i64>>(12)?.map(|v| v as u64),
-        status: r.get(13)?,
-        error: r.get(14)?,
-        bytes_in: r.get::<_, i64>(15)? as u64,
-        bytes_out: r.get::<_, i64>(16)? as u64,
-    })
+fn last_id(c: &Connection) -> rusqlite::Result<i64> {
+    c.query_row(
+        "SELECT coalesce((SELECT last_id FROM request_seq WHERE one = 1), 0)",
+        [],
+        |r| r.get(0),
+    )
+}
+
+fn set_last_id(c: &Connection, id: i64) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO request_seq (one, last_id) VALUES (1, ?1) ON CONFLICT (one) DO UPDATE SET last_id = max(last_id, excluded.last_id)",
+    )?
+    .execute([id])?;
+    Ok(())
+}
+
+fn chunk_err(e: String) -> stratus_store::StoreError {
+    stratus_store::StoreError::Backend(e)
+}
+
+/// ASCII case-insensitive substring test (what `LIKE` did for the grep).
+fn contains_ci(hay: &str, needle_lower: &str) -> bool {
+    needle_lower.is_empty()
+        || hay
+            .as_bytes()
+            .windows(needle_lower.len())
+            .any(|w| w.eq_ignore_ascii_case(needle_lower.as_bytes()))
+}
+
+/// Walks the chunks a query may need, newest first, calling `f` with each chunk's records
+/// until it returns false. `sql_where` narrows by the chunk columns; `id_key` (a request or
+/// trace id) also skips chunks whose Bloom filter rules it out.
+fn scan_chunks(
+    c: &Connection,
+    sql_where: &str,
+    args: &[Value],
+    id_key: Option<&str>,
+    mut f: impl FnMut(Vec<RequestRecord>) -> bool,
+) -> Result<()> {
+    let sql = format!(
+        "SELECT first_id, min_start_ms, bloom, data FROM request_chunks WHERE 1=1{sql_where} ORDER BY id DESC"
+    );
+    let mut st = c.prepare_cached(&sql).map_err(db)?;
+    let mut rows = st.query(rusqlite::params_from_iter(args)).map_err(db)?;
+    while let Some(r) = rows.next().map_err(db)? {
+        if let Some(key) = id_key {
+            let bloom = r
+                .get_ref(2)
+                .map_err(db)?
+                .as_blob()
+                .map_err(|e| chunk_err(e.to_string()))?;
+            if !chunks::Bloom::may_contain(bloom, key) {
+                continue;
+            }
+        }
+        let data = r
+            .get_ref(3)
+            .map_err(db)?
+            .as_blob()
+            .map_err(|e| chunk_err(e.to_string()))?;
+        let records = chunks::decode(data, r.get(0).map_err(db)?, r.get(1).map_err(db)?)
+            .map_err(chunk_err)?;
+        if !f(records) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites a chunk with only the records `keep` keeps (or deletes it when none are left);
+/// returns how many went.
+fn trim_chunk(
+    c: &Connection,
+    id: i64,
+    first_id: i64,
+    min_start_ms: i64,
+    data: &[u8],
+    keep: impl Fn(&RequestRecord) -> bool,
+) -> Result<u64> {
+    let mut records = chunks::decode(data, first_id, min_start_ms).map_err(chunk_err)?;
+    let before = records.len();
+    records.retain(keep);
+    let gone = (before - records.len()) as u64;
+    if records.is_empty() {
+        c.execute("DELETE FROM request_chunks WHERE id = ?1", [id])
+            .map_err(db)?;
+    } else if gone > 0 {
+        let k = chunks::encode(&records);
+        c.execute(
+            "UPDATE request_chunks SET first_id = ?2, last_id = ?3, n = ?4, min_start_ms = ?5, max_start_ms = ?6, functions = ?7, classes = ?8, bloom = ?9, data = ?10 WHERE id = ?1",
+            params![
+                id,
+                k.first_id,
+                k.last_id,
+                k.n,
+                k.min_start_ms,
+                k.max_start_ms,
+                k.functions,
+                k.classes,
+                k.bloom,
+                k.data
+            ],
+        )
+        .map_err(db)?;
+    }
+    Ok(gone)
 }
 
 #[async_trait]
@@ -242,53 +368,18 @@ impl LogStore for SqliteStore {
         .await
     }
 
-    async fn append_requests(&self, records: Vec<RequestRecord>) -> Result<()> {
+    async fn append_requests(&self, mut records: Vec<RequestRecord>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
         self.with(move |c| {
             let tx = c.transaction().map_err(db)?;
-            {
-                let mut st = tx
-                    .prepare_cached(
-                        "INSERT INTO requests (request_id, trace_id, function, version, instance, trigger, method, path, start_ms, duration_us, queue_us, init_us, status, error, bytes_in, bytes_out) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                    )
-                    .map_err(db)?;
-                let mut minutes: Vec<(i64, i64)> = Vec::new();
-                for r in &records {
-                    st.execute(params![
-                        r.request_id,
-                        r.trace_id,
-                        r.function,
-                        r.version,
-                        r.instance,
-                        r.trigger.as_str(),
-                        r.method,
-                        r.path,
-                        r.start_ms,
-                        r.duration_us as i64,
-                        r.queue_us as i64,
-                        r.init_us.map(|v| v as i64),
-                        r.status,
-                        r.error,
-                        r.bytes_in as i64,
-                        r.bytes_out as i64,
-                    ])
-                    .map_err(db)?;
-                    let (m, id) = (minute(r.start_ms), tx.last_insert_rowid());
-                    // A batch spans a minute or two, in order: a short list, not a map.
-                    match minutes.iter_mut().find(|(k, _)| *k == m) {
-                        Some((_, first)) => *first = (*first).min(id),
-                        None => minutes.push((m, id)),
-                    }
-                }
-                let mut up = tx
-                    .prepare_cached(
-                        "INSERT INTO request_minutes (minute, first_id) VALUES (?1, ?2)
-                         ON CONFLICT (minute) DO UPDATE SET first_id = min(first_id, excluded.first_id)",
-                    )
-                    .map_err(db)?;
-                for (m, id) in minutes {
-                    up.execute(params![m, id]).map_err(db)?;
-                }
+            let first = last_id(&tx).map_err(db)? + 1;
+            for (i, r) in records.iter_mut().enumerate() {
+                r.id = first + i as i64;
             }
+            insert_chunk(&tx, &chunks::encode(&records)).map_err(db)?;
+            set_last_id(&tx, first + records.len() as i64 - 1).map_err(db)?;
             tx.commit().map_err(db)
         })
         .await
@@ -296,66 +387,95 @@ impl LogStore for SqliteStore {
 
     async fn query_requests(&self, q: RequestQuery) -> Result<Vec<RequestRecord>> {
         self.with(move |c| {
-            let mut sql = format!("SELECT {RECORD_COLUMNS} FROM requests r WHERE 1=1");
+            let mut sql = String::new();
             let mut args: Vec<Value> = Vec::new();
             let mut push = |clause: &str, v: Value| {
                 sql.push_str(clause);
                 args.push(v);
             };
-            if let Some(id) = q.request_id {
-                push(" AND request_id = ?", id.into());
-            }
-            if let Some(t) = q.trace_id {
-                push(" AND trace_id = ?", t.into());
-            }
-            if let Some(f) = q.function {
-                push(" AND function = ?", f.into());
-            }
-            if let Some(v) = q.version {
-                push(" AND version = ?", (v as i64).into());
+            if let Some(f) = &q.function {
+                push(" AND instr(functions, ?) > 0", format!("\n{f}\n").into());
             }
             if let Some(s) = q.status {
-                push(" AND status >= ?", (s.min as i64).into());
-                push(" AND status <= ?", (s.max as i64).into());
+                push(" AND classes & ? != 0", chunks::class_mask(s.min, s.max).into());
             }
             if let Some(s) = q.since_ms {
-                push(" AND start_ms >= ?", s.into());
-                // Every record of the window has an id at or above the first one of the window's
-                // first minute: a rowid range instead of a scan of the whole table.
-                push(&format!(" AND id >= {FIRST_ID_FROM_MINUTE}"), minute(s).into());
+                push(" AND max_start_ms >= ?", s.into());
             }
             if let Some(u) = q.until_ms {
-                push(" AND start_ms <= ?", u.into());
+                push(" AND min_start_ms <= ?", u.into());
             }
             if let Some(a) = q.after_id {
-                push(" AND id > ?", a.into());
+                push(" AND last_id > ?", a.into());
             }
-            if let Some(g) = q.grep {
-                let p = like(&g);
-                sql.push_str(" AND (path LIKE ? ESCAPE '\\' OR error LIKE ? ESCAPE '\\' OR ");
-                args.extend([p.clone().into(), p.clone().into()]);
-                match q.since_ms {
-                    // A time window: scan that window's lines once (by time), rather than
-                    // looking up every candidate request's lines one by one.
-                    Some(since) => {
-                        sql.push_str("request_id IN (SELECT request_id FROM logs WHERE at >= ? AND request_id IS NOT NULL AND line LIKE ? ESCAPE '\\'))");
-                        args.extend([since.into(), p.into()]);
-                    }
-                    None => {
-                        sql.push_str("EXISTS (SELECT 1 FROM logs l WHERE l.request_id = r.request_id AND l.line LIKE ? ESCAPE '\\'))");
-                        args.push(p.into());
+            let id_key = q.request_id.as_deref().or(q.trace_id.as_deref());
+            // Request ids and trace ids that carry their time point at the chunks of that time
+            // (a few minutes either side); any other id is looked for in every chunk's filter.
+            let hint = id_key.and_then(|k| chunks::id_time(k, stratus_core::now_ms()));
+            let grep = q.grep.as_deref().map(str::to_ascii_lowercase);
+            let line_hits: std::collections::HashSet<String> = match &q.grep {
+                None => Default::default(),
+                Some(g) => {
+                    let (cond, mut a): (&str, Vec<Value>) = match q.since_ms {
+                        Some(since) => (" AND at >= ?", vec![since.into()]),
+                        None => ("", vec![]),
+                    };
+                    a.push(like(g).into());
+                    let mut st = c
+                        .prepare(&format!("SELECT DISTINCT request_id FROM logs WHERE request_id IS NOT NULL{cond} AND line LIKE ? ESCAPE '\\'"))
+                        .map_err(db)?;
+                    st.query_map(rusqlite::params_from_iter(a), |r| r.get(0))
+                        .map_err(db)?
+                        .collect::<rusqlite::Result<_>>()
+                        .map_err(db)?
+                }
+            };
+            let keep = |r: &RequestRecord| {
+                q.function.as_ref().is_none_or(|f| &r.function == f)
+                    && q.version.is_none_or(|v| r.version == v)
+                    && q.status.is_none_or(|s| (s.min..=s.max).contains(&r.status))
+                    && q.since_ms.is_none_or(|s| r.start_ms >= s)
+                    && q.until_ms.is_none_or(|u| r.start_ms <= u)
+                    && q.after_id.is_none_or(|a| r.id > a)
+                    && q.request_id.as_ref().is_none_or(|id| &r.request_id == id)
+                    && q.trace_id.as_ref().is_none_or(|id| &r.trace_id == id)
+                    && grep.as_ref().is_none_or(|g| {
+                        contains_ci(&r.path, g)
+                            || r.error.as_deref().is_some_and(|e| contains_ci(e, g))
+                            || line_hits.contains(&r.request_id)
+                    })
+            };
+            let limit = q.limit.max(1) as usize;
+            let mut out: Vec<RequestRecord> = Vec::new();
+            let collect = |out: &mut Vec<RequestRecord>, records: Vec<RequestRecord>| {
+                for r in records.into_iter().rev() {
+                    if keep(&r) {
+                        out.push(r);
+                        if out.len() >= limit {
+                            return false;
+                        }
                     }
                 }
+                true
+            };
+            const SLACK_MS: i64 = 5 * 60_000;
+            let hinted = match hint {
+                Some(t) => {
+                    let mut a = args.clone();
+                    a.extend([(t - SLACK_MS).into(), (t + SLACK_MS).into()]);
+                    let w = format!("{sql} AND max_start_ms >= ? AND min_start_ms <= ?");
+                    scan_chunks(c, &w, &a, id_key, |rs| collect(&mut out, rs))?;
+                    true
+                }
+                None => false,
+            };
+            if !hinted || out.is_empty() {
+                out.clear();
+                scan_chunks(c, &sql, &args, id_key, |rs| collect(&mut out, rs))?;
             }
-            sql.push_str(" ORDER BY id DESC LIMIT ?");
-            args.push((q.limit.max(1) as i64).into());
-            let mut st = c.prepare(&sql).map_err(db)?;
-            let rows = st
-                .query_map(rusqlite::params_from_iter(args), record)
-                .map_err(db)?;
-            let mut out: Vec<RequestRecord> =
-                rows.collect::<rusqlite::Result<_>>().map_err(db)?;
-            out.reverse();
+            // Chunks are newest first, and within one, newest last; a record written late
+            // (a long request) can sit after newer ones: order by id.
+            out.sort_by_key(|r| r.id);
             Ok(out)
         })
         .await
@@ -363,53 +483,41 @@ impl LogStore for SqliteStore {
 
     async fn summarize(&self, q: SummaryQuery) -> Result<Vec<RequestSummary>> {
         self.with(move |c| {
-            // The bucket index as one CASE over the bounds, so SQLite adds up the histogram
-            // in the same pass as the counts (no row leaves the database).
-            let bucket = if q.bounds_us.is_empty() {
-                "0".to_string()
-            } else {
-                let mut b = String::from("CASE");
-                for (i, bound) in q.bounds_us.iter().enumerate() {
-                    b.push_str(&format!(" WHEN duration_us <= {bound} THEN {i}"));
-                }
-                b.push_str(&format!(" ELSE {} END", q.bounds_us.len()));
-                b
-            };
-            let mut sql = format!(
-                "SELECT function, {bucket} AS b, count(*), total(status >= 500), total(init_us IS NOT NULL), total(coalesce(error IN ('throttled', 'overloaded'), 0)) FROM requests WHERE start_ms >= ?1 AND start_ms <= ?2 AND id >= {FIRST_ID_FROM_MINUTE}"
-            );
-            let mut args: Vec<Value> = vec![
-                q.since_ms.into(),
-                q.until_ms.into(),
-                minute(q.since_ms).into(),
-            ];
-            if let Some(f) = q.function {
-                sql.push_str(" AND function = ?");
-                args.push(f.into());
+            let mut sql = String::from(" AND max_start_ms >= ? AND min_start_ms <= ?");
+            let mut args: Vec<Value> = vec![q.since_ms.into(), q.until_ms.into()];
+            if let Some(f) = &q.function {
+                sql.push_str(" AND instr(functions, ?) > 0");
+                args.push(format!("\n{f}\n").into());
             }
-            sql.push_str(" GROUP BY function, b ORDER BY function");
-            let mut st = c.prepare(&sql).map_err(db)?;
-            let mut rows = st.query(rusqlite::params_from_iter(args)).map_err(db)?;
-            let mut out: Vec<RequestSummary> = Vec::new();
-            while let Some(r) = rows.next().map_err(db)? {
-                let function: String = r.get(0).map_err(db)?;
-                if out.last().is_none_or(|s| s.function != function) {
-                    out.push(RequestSummary {
-                        function,
-                        buckets: vec![0; q.bounds_us.len() + 1],
-                        ..Default::default()
-                    });
+            let mut by_function: std::collections::BTreeMap<String, RequestSummary> =
+                Default::default();
+            scan_chunks(c, &sql, &args, None, |records| {
+                for r in records {
+                    if r.start_ms < q.since_ms
+                        || r.start_ms > q.until_ms
+                        || q.function.as_ref().is_some_and(|f| &r.function != f)
+                    {
+                        continue;
+                    }
+                    let s =
+                        by_function
+                            .entry(r.function.clone())
+                            .or_insert_with(|| RequestSummary {
+                                function: r.function.clone(),
+                                buckets: vec![0; q.bounds_us.len() + 1],
+                                ..Default::default()
+                            });
+                    let b = q.bounds_us.partition_point(|&bound| r.duration_us > bound);
+                    s.buckets[b] += 1;
+                    s.requests += 1;
+                    s.errors += (r.status >= 500) as u64;
+                    s.cold_starts += r.init_us.is_some() as u64;
+                    s.throttled +=
+                        matches!(r.error.as_deref(), Some("throttled" | "overloaded")) as u64;
                 }
-                let s = out.last_mut().expect("pushed");
-                let b: i64 = r.get(1).map_err(db)?;
-                let n = |i| r.get::<_, f64>(i).map(|v| v as u64).map_err(db);
-                s.buckets[b as usize] += n(2)?;
-                s.requests += n(2)?;
-                s.errors += n(3)?;
-                s.cold_starts += n(4)?;
-                s.throttled += n(5)?;
-            }
-            Ok(out)
+                true
+            })?;
+            Ok(by_function.into_values().collect())
         })
         .await
     }
@@ -491,23 +599,76 @@ impl LogStore for SqliteStore {
                     [max_lines as i64],
                 )
                 .map_err(db)?;
-            n += c
-                .execute("DELETE FROM requests WHERE start_ms < ?1", [before_ms])
-                .map_err(db)?;
-            n += c
-                .execute(
-                    "DELETE FROM requests WHERE id <= (SELECT id FROM requests ORDER BY id DESC LIMIT 1 OFFSET ?1)",
-                    [max_lines as i64],
+            let tx = c.unchecked_transaction().map_err(db)?;
+            let mut gone = n as u64;
+            let mut gone_records = 0u64;
+            // By age: whole chunks that ended before the cut, then the one or two that
+            // straddle it, rewritten without their old records.
+            gone_records += tx
+                .query_row(
+                    "SELECT coalesce(sum(n), 0) FROM request_chunks WHERE max_start_ms < ?1",
+                    [before_ms],
+                    |r| r.get::<_, i64>(0),
                 )
+                .map_err(db)? as u64;
+            tx.execute("DELETE FROM request_chunks WHERE max_start_ms < ?1", [before_ms])
                 .map_err(db)?;
-            // Minutes before the oldest record left go; a kept minute's first id may now name a
-            // deleted record, which is still a correct (lower) bound.
-            c.execute(
-                "DELETE FROM request_minutes WHERE minute < (SELECT coalesce(min(start_ms), 0) FROM requests) / 60000 - 1",
-                [],
-            )
-            .map_err(db)?;
-            Ok(n as u64)
+            let straddling: Vec<(i64, i64, i64, Vec<u8>)> = tx
+                .prepare("SELECT id, first_id, min_start_ms, data FROM request_chunks WHERE min_start_ms < ?1")
+                .map_err(db)?
+                .query_map([before_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .map_err(db)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(db)?;
+            for (id, first, min_start, data) in straddling {
+                gone_records +=
+                    trim_chunk(&tx, id, first, min_start, &data, |r| r.start_ms >= before_ms)?;
+            }
+            // By count: the oldest chunks while the rest still hold `max_lines`, then the oldest
+            // records of the next one.
+            let mut total: u64 = tx
+                .query_row("SELECT coalesce(sum(n), 0) FROM request_chunks", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(db)? as u64;
+            while total > max_lines {
+                let Some((id, first, n, min_start, data)) = tx
+                    .query_row(
+                        "SELECT id, first_id, n, min_start_ms, data FROM request_chunks ORDER BY id LIMIT 1",
+                        [],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)?, r.get::<_, Vec<u8>>(4)?)),
+                    )
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })
+                    .map_err(db)?
+                else {
+                    break;
+                };
+                let excess = total - max_lines;
+                if excess >= n {
+                    tx.execute("DELETE FROM request_chunks WHERE id = ?1", [id])
+                        .map_err(db)?;
+                    total -= n;
+                    gone_records += n;
+                } else {
+                    let mut ids: Vec<i64> = chunks::decode(&data, first, min_start)
+                        .map_err(chunk_err)?
+                        .iter()
+                        .map(|r| r.id)
+                        .collect();
+                    ids.sort_unstable();
+                    let cut = ids[excess as usize];
+                    let g = trim_chunk(&tx, id, first, min_start, &data, |r| r.id >= cut)?;
+                    gone_records += g;
+                    break;
+                }
+            }
+            tx.commit().map_err(db)?;
+            gone += gone_records;
+            Ok(gone)
         })
         .await
     }
@@ -622,13 +783,180 @@ mod tests {
                 .unwrap();
             assert_eq!(total[0].requests, 3);
         }
-        // A database from before `request_minutes`: its records' minutes are indexed on open.
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("DROP TABLE request_minutes")
+    }
+
+    #[tokio::test]
+    async fn records_stored_a_row_each_are_packed_into_chunks_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs.db");
+        {
+            // The schema before chunks, with a gap in the ids and a deleted newest row.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, trace_id TEXT NOT NULL, function TEXT NOT NULL, version INTEGER NOT NULL, instance TEXT NOT NULL, trigger TEXT NOT NULL, method TEXT NOT NULL, path TEXT NOT NULL, start_ms INTEGER NOT NULL, duration_us INTEGER NOT NULL, queue_us INTEGER NOT NULL, init_us INTEGER, status INTEGER NOT NULL, error TEXT, bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL);
+                 CREATE TABLE request_minutes (minute INTEGER PRIMARY KEY, first_id INTEGER NOT NULL);",
+            )
             .unwrap();
+            for i in 0..5000i64 {
+                c.execute(
+                    "INSERT INTO requests (request_id, trace_id, function, version, instance, trigger, method, path, start_ms, duration_us, queue_us, init_us, status, error, bytes_in, bytes_out) VALUES (?1, 't', 'f', 1, 'i', 'timer', 'GET', '/', ?2, 7, 0, NULL, 200, NULL, 0, 3)",
+                    params![format!("old-{i}"), 1_000 + i],
+                )
+                .unwrap();
+            }
+            c.execute_batch("DELETE FROM requests WHERE id IN (10, 5000)")
+                .unwrap();
+        }
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(window(&store, 11 * min).await, ["b", "long", "c"]);
-        assert_eq!(window(&store, 0).await, ["a", "b", "long", "c"]);
+        let all = window(&store, 0).await;
+        assert_eq!(all.len(), 100, "the newest 100 (the limit)");
+        assert_eq!(all.last().unwrap(), "old-4998");
+        let one = store
+            .query_requests(RequestQuery {
+                request_id: Some("old-11".into()),
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (one.len(), one[0].id, one[0].trigger),
+            (1, 12, Trigger::Timer)
+        );
+        // New records continue after the old high-water mark (5000 was handed out once).
+        store
+            .append_requests(vec![rec("new", 9_000)])
+            .await
+            .unwrap();
+        let new = store
+            .query_requests(RequestQuery {
+                after_id: Some(4999),
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!((new.len(), new[0].id), (1, 5001));
+        let c = Connection::open(&path).unwrap();
+        let old_tables: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('requests', 'request_minutes')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_tables, 0);
+    }
+
+    #[tokio::test]
+    async fn ids_are_found_by_their_time_or_by_the_filters_and_pruning_cuts_inside_chunks() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let now = stratus_core::now_ms();
+        // 20 batches a second apart; every record's request id is a UUIDv7 of its start,
+        // every trace id a random-looking one.
+        for b in 0..20i64 {
+            let batch = (0..50i64)
+                .map(|i| {
+                    let at = now - 20_000 + b * 1000 + i;
+                    let mut r = rec(
+                        &format!(
+                            "{:08x}-{:04x}-7000-8000-{:012x}",
+                            at >> 16,
+                            at & 0xffff,
+                            b * 50 + i
+                        ),
+                        at,
+                    );
+                    r.trace_id = format!(
+                        "{:016x}{:016x}",
+                        ((b * 50 + i) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        b
+                    );
+                    r
+                })
+                .collect();
+            store.append_requests(batch).await.unwrap();
+        }
+        let find = |q: RequestQuery| {
+            let store = &store;
+            async move { store.query_requests(q).await.unwrap() }
+        };
+        let at = now - 20_000 + 7 * 1000 + 3;
+        let v7 = format!(
+            "{:08x}-{:04x}-7000-8000-{:012x}",
+            at >> 16,
+            at & 0xffff,
+            7 * 50 + 3
+        );
+        let got = find(RequestQuery {
+            request_id: Some(v7.clone()),
+            limit: 5,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!((got.len(), got[0].id), (1, 7 * 50 + 3 + 1));
+        let trace = format!(
+            "{:016x}{:016x}",
+            ((12 * 50 + 9) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            12
+        );
+        let got = find(RequestQuery {
+            trace_id: Some(trace),
+            limit: 5,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            got.len(),
+            1,
+            "an id with no time is found through the filters"
+        );
+        assert_eq!(got[0].start_ms, now - 20_000 + 12 * 1000 + 9);
+        let missing = find(RequestQuery {
+            request_id: Some("nope".into()),
+            limit: 5,
+            ..Default::default()
+        })
+        .await;
+        assert!(missing.is_empty());
+        // The newest 3 of a window that ends inside a chunk.
+        let w = find(RequestQuery {
+            until_ms: Some(now - 20_000 + 5 * 1000 + 10),
+            limit: 3,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(w.iter().map(|r| r.id).collect::<Vec<_>>(), [259, 260, 261]);
+        // By age: chunk 3 is cut at its 20th record; by count: 100 left of the rest.
+        let cut = now - 20_000 + 3 * 1000 + 20;
+        assert_eq!(store.prune(cut, u64::MAX).await.unwrap(), 3 * 50 + 20);
+        let left = find(RequestQuery {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(
+            (left.len(), left[0].id, left[0].start_ms),
+            (1000 - 170, 171, cut)
+        );
+        assert_eq!(store.prune(0, 100).await.unwrap(), 1000 - 170 - 100);
+        let left = find(RequestQuery {
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!((left.len(), left[0].id), (100, 901));
+        // Everything pruned: ids still do not go back.
+        store.prune(0, 0).await.unwrap();
+        store
+            .append_requests(vec![rec("after", now)])
+            .await
+            .unwrap();
+        let after = find(RequestQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(after[0].id, 1001);
     }
 }

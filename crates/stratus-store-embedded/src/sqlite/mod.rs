@@ -1,5 +1,6 @@
 //! Metastore and log store on one SQLite database (WAL mode).
 
+mod chunks;
 mod events;
 mod logs;
 mod meta;
