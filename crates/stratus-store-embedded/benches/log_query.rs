@@ -3,7 +3,9 @@
 //! `SqliteStore` (the queries `stratus logs` and `GET /api/v1/requests` run).
 //!
 //! `RECORDS` (default 10,000,000) records are spread over the last 24 hours, each with one log
-//! line; one record in 50,000 has the needle "connection reset" in its line.
+//! line; one record in 50,000 has the needle "connection reset" in its line. Half the request
+//! ids are the platform's own (UUIDv7, time-ordered), half as a caller might send them (random
+//! hex); trace ids start with the time, as the roots Stratus starts do.
 //! `cargo bench -p stratus-store-embedded --bench log_query` (`DB=path` keeps the database for
 //! a second run, which then skips the fill).
 
@@ -17,14 +19,27 @@ use stratus_store_embedded::SqliteStore;
 
 fn record(i: u64, now: i64, span_ms: i64, n: u64) -> (RequestRecord, LogLine) {
     // Oldest first, evenly over the span.
-    let at = now - span_ms + (i as i64 * span_ms) / n as i64;
-    let rid = format!("{:016x}{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i);
+    let at_of = |i: u64| now - span_ms + (i as i64 * span_ms) / n as i64;
+    let at = at_of(i);
+    let rid = if i.is_multiple_of(2) {
+        let r = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        format!(
+            "{:08x}-{:04x}-7{:03x}-8{:03x}-{:012x}",
+            at >> 16,
+            at & 0xffff,
+            r & 0xfff,
+            (r >> 12) & 0xfff,
+            i
+        )
+    } else {
+        format!("{:016x}{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i)
+    };
     let needle = i % 50_000 == 7;
     let status = if i % 100 == 3 { 503 } else { 200 };
     let r = RequestRecord {
         id: 0,
         request_id: rid.clone(),
-        trace_id: format!("{:032x}", i / 3),
+        trace_id: format!("{:012x}{:020x}", at_of(i / 3 * 3), i / 3),
         function: format!("fn-{}", i % 20),
         version: 1 + (i % 3) as u32,
         instance: format!("fn-{}-v1-abcdef{:02}", i % 20, i % 7),
@@ -114,9 +129,10 @@ async fn main() {
             .map(|m| m.len())
             .unwrap_or(0);
 
-    // By request id: 101 different ids, p50 and worst.
+    // By request id: 101 different ids of each kind, p50 and worst.
     let mut by_id = Vec::new();
-    for k in 0..101u64 {
+    let mut by_caller_id = Vec::new();
+    for k in 0..202u64 {
         let i = (k * 98_765_431) % n;
         let (want, _) = record(i, now, span, n);
         let t = Instant::now();
@@ -128,11 +144,16 @@ async fn main() {
             })
             .await
             .unwrap();
-        by_id.push(t.elapsed());
+        if i.is_multiple_of(2) {
+            by_id.push(t.elapsed());
+        } else {
+            by_caller_id.push(t.elapsed());
+        }
         assert_eq!(got.len(), 1, "record {i}");
         assert_eq!(got[0].request_id, want.request_id);
     }
     let worst_id = *by_id.iter().max().unwrap();
+    let worst_caller_id = *by_caller_id.iter().max().unwrap();
     let mut with_lines = Vec::new();
     for k in 0..21u64 {
         let (want, _) = record((k * 7_654_321) % n, now, span, n);
@@ -209,13 +230,26 @@ async fn main() {
     let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1000.0);
     println!(
         "{:<62} {:>10}",
-        "one request by request id (p50 of 101)",
-        ms(p50(by_id))
+        format!("one request by its UUIDv7 id (p50 of {})", by_id.len()),
+        ms(p50(by_id.clone()))
     );
     println!(
         "{:<62} {:>10}",
-        "one request by request id (worst of 101)",
+        "one request by its UUIDv7 id (worst)",
         ms(worst_id)
+    );
+    println!(
+        "{:<62} {:>10}",
+        format!(
+            "one request by a caller's random id (p50 of {})",
+            by_caller_id.len()
+        ),
+        ms(p50(by_caller_id.clone()))
+    );
+    println!(
+        "{:<62} {:>10}",
+        "one request by a caller's random id (worst)",
+        ms(worst_caller_id)
     );
     println!(
         "{:<62} {:>10}",

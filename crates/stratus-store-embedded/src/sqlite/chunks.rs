@@ -125,12 +125,60 @@ impl<'a> Dict<'a> {
     }
 }
 
-/// Unpacks a chunk's records (`first_id` and `min_start_ms` from its row).
-pub(super) fn decode(
-    data: &[u8],
+/// A record as it lies in a chunk: its strings borrowed from the blob, so a query can test it
+/// before paying for a [`RequestRecord`] (most records of a chunk a query reads are not kept).
+pub(super) struct Raw<'a> {
+    pub id: i64,
+    pub request_id: &'a str,
+    pub trace_id: &'a str,
+    pub function: &'a str,
+    pub version: u32,
+    pub instance: &'a str,
+    pub trigger: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub start_ms: i64,
+    pub duration_us: u64,
+    pub queue_us: u64,
+    pub init_us: Option<u64>,
+    pub status: u16,
+    pub error: Option<&'a str>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Raw<'_> {
+    pub fn to_record(&self) -> RequestRecord {
+        RequestRecord {
+            id: self.id,
+            request_id: self.request_id.to_string(),
+            trace_id: self.trace_id.to_string(),
+            function: self.function.to_string(),
+            version: self.version,
+            instance: self.instance.to_string(),
+            trigger: Trigger::parse(self.trigger),
+            method: self.method.to_string(),
+            path: self.path.to_string(),
+            start_ms: self.start_ms,
+            duration_us: self.duration_us,
+            queue_us: self.queue_us,
+            init_us: self.init_us,
+            status: self.status,
+            error: self.error.map(str::to_string),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+        }
+    }
+}
+
+/// Calls `f` with each record of a chunk, oldest first (`first_id` and `min_start_ms` from its
+/// row).
+pub(super) fn for_each<'a>(
+    data: &'a [u8],
     first_id: i64,
     min_start_ms: i64,
-) -> Result<Vec<RequestRecord>, String> {
+    mut f: impl FnMut(Raw<'a>),
+) -> Result<(), String> {
     let mut r = Reader { data, at: 0 };
     if r.byte()? != FORMAT {
         return Err(format!("request chunk format {} is not known", data[0]));
@@ -141,14 +189,13 @@ pub(super) fn decode(
     for _ in 0..count {
         strings.push(r.str()?);
     }
-    let s = |r: &mut Reader<'_>| -> Result<String, String> {
+    let s = |r: &mut Reader<'a>| -> Result<&'a str, String> {
         let i = r.varint()? as usize;
         strings
             .get(i)
-            .map(|s| s.to_string())
+            .copied()
             .ok_or_else(|| format!("request chunk: string {i} of {}", strings.len()))
     };
-    let mut out = Vec::with_capacity(n.min(1 << 16));
     let mut id = first_id - 1;
     for _ in 0..n {
         id += r.varint()? as i64;
@@ -160,18 +207,18 @@ pub(super) fn decode(
         let version = r.varint()? as u32;
         let bytes_in = r.varint()?;
         let bytes_out = r.varint()?;
-        let request_id = r.str()?.to_string();
-        let trace_id = r.str()?.to_string();
+        let request_id = r.str()?;
+        let trace_id = r.str()?;
         let function = s(&mut r)?;
         let instance = s(&mut r)?;
-        let trigger = Trigger::parse(&s(&mut r)?);
+        let trigger = s(&mut r)?;
         let method = s(&mut r)?;
         let path = s(&mut r)?;
         let error = match r.byte()? {
             0 => None,
             _ => Some(s(&mut r)?),
         };
-        out.push(RequestRecord {
+        f(Raw {
             id,
             request_id,
             trace_id,
@@ -191,6 +238,17 @@ pub(super) fn decode(
             bytes_out,
         });
     }
+    Ok(())
+}
+
+/// Unpacks all of a chunk's records.
+pub(super) fn decode(
+    data: &[u8],
+    first_id: i64,
+    min_start_ms: i64,
+) -> Result<Vec<RequestRecord>, String> {
+    let mut out = Vec::new();
+    for_each(data, first_id, min_start_ms, |r| out.push(r.to_record()))?;
     Ok(out)
 }
 

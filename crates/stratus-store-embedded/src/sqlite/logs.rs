@@ -209,14 +209,14 @@ fn contains_ci(hay: &str, needle_lower: &str) -> bool {
 }
 
 /// Walks the chunks a query may need, newest first, calling `f` with each chunk's records
-/// until it returns false. `sql_where` narrows by the chunk columns; `id_key` (a request or
-/// trace id) also skips chunks whose Bloom filter rules it out.
+/// (oldest first within it) until `f` returns false. `sql_where` narrows by the chunk columns;
+/// `id_key` (a request or trace id) also skips chunks whose Bloom filter rules it out.
 fn scan_chunks(
     c: &Connection,
     sql_where: &str,
     args: &[Value],
     id_key: Option<&str>,
-    mut f: impl FnMut(Vec<RequestRecord>) -> bool,
+    mut f: impl FnMut(&mut dyn FnMut(&mut dyn FnMut(chunks::Raw<'_>)) -> Result<()>) -> Result<bool>,
 ) -> Result<()> {
     let sql = format!(
         "SELECT first_id, min_start_ms, bloom, data FROM request_chunks WHERE 1=1{sql_where} ORDER BY id DESC"
@@ -239,9 +239,11 @@ fn scan_chunks(
             .map_err(db)?
             .as_blob()
             .map_err(|e| chunk_err(e.to_string()))?;
-        let records = chunks::decode(data, r.get(0).map_err(db)?, r.get(1).map_err(db)?)
-            .map_err(chunk_err)?;
-        if !f(records) {
+        let (first, min_start): (i64, i64) = (r.get(0).map_err(db)?, r.get(1).map_err(db)?);
+        let mut each = |g: &mut dyn FnMut(chunks::Raw<'_>)| {
+            chunks::for_each(data, first, min_start, g).map_err(chunk_err)
+        };
+        if !f(&mut each)? {
             break;
         }
     }
@@ -421,42 +423,51 @@ impl LogStore for SqliteStore {
                         None => ("", vec![]),
                     };
                     a.push(like(g).into());
+                    // Neither DISTINCT nor `request_id IS NOT NULL`: either lets SQLite walk all
+                    // lines through the request-id index instead of the window by time.
                     let mut st = c
-                        .prepare(&format!("SELECT DISTINCT request_id FROM logs WHERE request_id IS NOT NULL{cond} AND line LIKE ? ESCAPE '\\'"))
+                        .prepare(&format!("SELECT request_id FROM logs WHERE 1=1{cond} AND line LIKE ? ESCAPE '\\'"))
                         .map_err(db)?;
-                    st.query_map(rusqlite::params_from_iter(a), |r| r.get(0))
+                    st.query_map(rusqlite::params_from_iter(a), |r| r.get::<_, Option<String>>(0))
                         .map_err(db)?
+                        .filter_map(|r| r.transpose())
                         .collect::<rusqlite::Result<_>>()
                         .map_err(db)?
                 }
             };
-            let keep = |r: &RequestRecord| {
-                q.function.as_ref().is_none_or(|f| &r.function == f)
+            let keep = |r: &chunks::Raw<'_>| {
+                q.function.as_deref().is_none_or(|f| r.function == f)
                     && q.version.is_none_or(|v| r.version == v)
                     && q.status.is_none_or(|s| (s.min..=s.max).contains(&r.status))
                     && q.since_ms.is_none_or(|s| r.start_ms >= s)
                     && q.until_ms.is_none_or(|u| r.start_ms <= u)
                     && q.after_id.is_none_or(|a| r.id > a)
-                    && q.request_id.as_ref().is_none_or(|id| &r.request_id == id)
-                    && q.trace_id.as_ref().is_none_or(|id| &r.trace_id == id)
+                    && q.request_id.as_deref().is_none_or(|id| r.request_id == id)
+                    && q.trace_id.as_deref().is_none_or(|id| r.trace_id == id)
                     && grep.as_ref().is_none_or(|g| {
-                        contains_ci(&r.path, g)
-                            || r.error.as_deref().is_some_and(|e| contains_ci(e, g))
-                            || line_hits.contains(&r.request_id)
+                        contains_ci(r.path, g)
+                            || r.error.is_some_and(|e| contains_ci(e, g))
+                            || line_hits.contains(r.request_id)
                     })
             };
             let limit = q.limit.max(1) as usize;
             let mut out: Vec<RequestRecord> = Vec::new();
-            let collect = |out: &mut Vec<RequestRecord>, records: Vec<RequestRecord>| {
-                for r in records.into_iter().rev() {
+            let collect = |out: &mut Vec<RequestRecord>,
+                           each: &mut dyn FnMut(&mut dyn FnMut(chunks::Raw<'_>)) -> Result<()>|
+             -> Result<bool> {
+                let mut kept = Vec::new();
+                each(&mut |r| {
                     if keep(&r) {
-                        out.push(r);
-                        if out.len() >= limit {
-                            return false;
-                        }
+                        kept.push(r.to_record());
+                    }
+                })?;
+                for r in kept.into_iter().rev() {
+                    out.push(r);
+                    if out.len() >= limit {
+                        return Ok(false);
                     }
                 }
-                true
+                Ok(true)
             };
             const SLACK_MS: i64 = 5 * 60_000;
             let hinted = match hint {
@@ -491,31 +502,33 @@ impl LogStore for SqliteStore {
             }
             let mut by_function: std::collections::BTreeMap<String, RequestSummary> =
                 Default::default();
-            scan_chunks(c, &sql, &args, None, |records| {
-                for r in records {
+            scan_chunks(c, &sql, &args, None, |each| {
+                each(&mut |r| {
                     if r.start_ms < q.since_ms
                         || r.start_ms > q.until_ms
-                        || q.function.as_ref().is_some_and(|f| &r.function != f)
+                        || q.function.as_deref().is_some_and(|f| r.function != f)
                     {
-                        continue;
+                        return;
                     }
-                    let s =
-                        by_function
-                            .entry(r.function.clone())
-                            .or_insert_with(|| RequestSummary {
-                                function: r.function.clone(),
+                    if !by_function.contains_key(r.function) {
+                        by_function.insert(
+                            r.function.to_string(),
+                            RequestSummary {
+                                function: r.function.to_string(),
                                 buckets: vec![0; q.bounds_us.len() + 1],
                                 ..Default::default()
-                            });
+                            },
+                        );
+                    }
+                    let s = by_function.get_mut(r.function).expect("inserted");
                     let b = q.bounds_us.partition_point(|&bound| r.duration_us > bound);
                     s.buckets[b] += 1;
                     s.requests += 1;
                     s.errors += (r.status >= 500) as u64;
                     s.cold_starts += r.init_us.is_some() as u64;
-                    s.throttled +=
-                        matches!(r.error.as_deref(), Some("throttled" | "overloaded")) as u64;
-                }
-                true
+                    s.throttled += matches!(r.error, Some("throttled" | "overloaded")) as u64;
+                })?;
+                Ok(true)
             })?;
             Ok(by_function.into_values().collect())
         })
