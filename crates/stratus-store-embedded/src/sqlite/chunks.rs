@@ -342,20 +342,40 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The millisecond a time-ordered id carries: a UUIDv7 request id (`xxxxxxxx-xxxx-7…`), or a
-/// trace id whose first 48 bits are the time (the roots Stratus starts). `None` for anything
-/// else, or a time outside `around_ms` ± a year.
-pub(super) fn id_time(id: &str, around_ms: i64) -> Option<i64> {
-    let hex: String = id.chars().filter(|c| *c != '-').take(12).collect();
-    if hex.len() < 12 {
-        return None;
-    }
+/// The millisecond a time-ordered id would carry: a UUIDv7 request id (`xxxxxxxx-xxxx-7…`), or
+/// a trace id whose first 48 bits are the time (the roots Stratus starts). `None` for an id
+/// that cannot be one. Any other hex id reads as some time too; whether it is the record's
+/// ([`found_by_time`]) decides how the id is found.
+pub(super) fn id_time(id: &str) -> Option<i64> {
     if id.len() == 36 && id.as_bytes().get(14) != Some(&b'7') {
         return None;
     }
-    let ms = i64::from_str_radix(&hex, 16).ok()?;
-    const YEAR: i64 = 366 * 24 * 3600 * 1000;
-    (ms > around_ms - YEAR && ms < around_ms + YEAR).then_some(ms)
+    let mut ms: i64 = 0;
+    let mut digits = 0;
+    for b in id.bytes() {
+        if digits == 12 {
+            break;
+        }
+        if b == b'-' {
+            continue;
+        }
+        ms = ms << 4 | (b as char).to_digit(16)? as i64;
+        digits += 1;
+    }
+    (digits == 12).then_some(ms)
+}
+
+/// How far from its record's start an id's time may lie for the id to be found by its time.
+pub(super) const TIME_SLACK_MS: i64 = 60_000;
+
+/// Whether an id is found by its time (the platform's ids) rather than indexed by key.
+pub(super) fn found_by_time(id: &str, start_ms: i64) -> bool {
+    id_time(id).is_some_and(|t| (t - start_ms).abs() <= TIME_SLACK_MS)
+}
+
+/// The key a caller's id (one that carries no time) is indexed under in `request_keys`.
+pub(super) fn id_key(id: &str) -> i64 {
+    fnv1a(id.as_bytes()) as i64
 }
 
 #[cfg(test)]
@@ -438,21 +458,22 @@ mod tests {
             now >> 16,
             now & 0xffff
         );
-        assert_eq!(id_time(&v7, now), Some(now));
+        assert_eq!(id_time(&v7), Some(now));
+        assert!(found_by_time(&v7, now + TIME_SLACK_MS));
+        assert!(
+            !found_by_time(&v7, now + TIME_SLACK_MS + 1),
+            "made long before"
+        );
         let v4 = format!(
             "{:08x}-{:04x}-4abc-8def-0123456789ab",
             now >> 16,
             now & 0xffff
         );
-        assert_eq!(id_time(&v4, now), None, "a random UUID carries no time");
+        assert_eq!(id_time(&v4), None, "a random UUID carries no time");
         let trace = format!("{now:012x}{:020x}", 42);
-        assert_eq!(id_time(&trace, now), Some(now));
-        assert_eq!(
-            id_time(&format!("{:032x}", 3), now),
-            None,
-            "1970 is out of range"
-        );
-        assert_eq!(id_time("req-1", now), None);
+        assert_eq!(id_time(&trace), Some(now));
+        assert!(!found_by_time(&format!("{:032x}", 3), now));
+        assert_eq!(id_time("req-1"), None);
         assert_eq!(class_mask(500, 599), 1 << 5);
         assert_eq!(class_mask(400, 599), 1 << 4 | 1 << 5);
     }

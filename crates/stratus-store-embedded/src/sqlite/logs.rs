@@ -44,6 +44,13 @@ CREATE TABLE IF NOT EXISTS request_chunks (
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS request_chunks_by_end ON request_chunks(max_start_ms);
+-- The chunks holding ids that carry no time (a caller's request ids and trace ids): the
+-- platform's own ids are found by their time, these by this key (`chunks::id_key`).
+CREATE TABLE IF NOT EXISTS request_keys (
+    key INTEGER NOT NULL,
+    chunk INTEGER NOT NULL,
+    PRIMARY KEY (key, chunk)
+) WITHOUT ROWID;
 -- The last record id handed out: ids never go back, even when every chunk is pruned.
 CREATE TABLE IF NOT EXISTS request_seq (
     one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -147,7 +154,7 @@ fn migrate_record_rows(c: &Connection) -> rusqlite::Result<()> {
                 .collect::<rusqlite::Result<_>>()?;
             let Some(last) = batch.last() else { break };
             after = last.id;
-            insert_chunk(&tx, &chunks::encode(&batch))?;
+            store_chunk(&tx, &batch)?;
         }
     }
     // AUTOINCREMENT's high-water mark, so no id is handed out twice.
@@ -159,6 +166,22 @@ fn migrate_record_rows(c: &Connection) -> rusqlite::Result<()> {
     set_last_id(&tx, seq)?;
     tx.execute_batch("DROP TABLE requests; DROP TABLE IF EXISTS request_minutes;")?;
     tx.commit()
+}
+
+/// Stores a chunk of `records` and indexes the ids among them that carry no time.
+fn store_chunk(c: &Connection, records: &[RequestRecord]) -> rusqlite::Result<()> {
+    insert_chunk(c, &chunks::encode(records))?;
+    let chunk = c.last_insert_rowid();
+    let mut st =
+        c.prepare_cached("INSERT OR IGNORE INTO request_keys (key, chunk) VALUES (?1, ?2)")?;
+    for r in records {
+        for id in [&r.request_id, &r.trace_id] {
+            if !chunks::found_by_time(id, r.start_ms) {
+                st.execute(params![chunks::id_key(id), chunk])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn insert_chunk(c: &Connection, k: &chunks::Chunk) -> rusqlite::Result<()> {
@@ -380,7 +403,7 @@ impl LogStore for SqliteStore {
             for (i, r) in records.iter_mut().enumerate() {
                 r.id = first + i as i64;
             }
-            insert_chunk(&tx, &chunks::encode(&records)).map_err(db)?;
+            store_chunk(&tx, &records).map_err(db)?;
             set_last_id(&tx, first + records.len() as i64 - 1).map_err(db)?;
             tx.commit().map_err(db)
         })
@@ -413,7 +436,7 @@ impl LogStore for SqliteStore {
             let id_key = q.request_id.as_deref().or(q.trace_id.as_deref());
             // Request ids and trace ids that carry their time point at the chunks of that time
             // (a few minutes either side); any other id is looked for in every chunk's filter.
-            let hint = id_key.and_then(|k| chunks::id_time(k, stratus_core::now_ms()));
+            let hint = id_key.and_then(chunks::id_time);
             let grep = q.grep.as_deref().map(str::to_ascii_lowercase);
             let line_hits: std::collections::HashSet<String> = match &q.grep {
                 None => Default::default(),
@@ -469,20 +492,29 @@ impl LogStore for SqliteStore {
                 }
                 Ok(true)
             };
-            const SLACK_MS: i64 = 5 * 60_000;
-            let hinted = match hint {
-                Some(t) => {
+            const SLACK_MS: i64 = chunks::TIME_SLACK_MS;
+            match (id_key, hint) {
+                (Some(_), Some(t)) => {
                     let mut a = args.clone();
                     a.extend([(t - SLACK_MS).into(), (t + SLACK_MS).into()]);
                     let w = format!("{sql} AND max_start_ms >= ? AND min_start_ms <= ?");
                     scan_chunks(c, &w, &a, id_key, |rs| collect(&mut out, rs))?;
-                    true
+                    if out.is_empty() {
+                        // A caller's id that carries a time far from its request's start: it
+                        // was indexed by key.
+                        let mut a = args.clone();
+                        a.push(chunks::id_key(id_key.expect("matched")).into());
+                        let w = format!("{sql} AND id IN (SELECT chunk FROM request_keys WHERE key = ?)");
+                        scan_chunks(c, &w, &a, id_key, |rs| collect(&mut out, rs))?;
+                    }
                 }
-                None => false,
-            };
-            if !hinted || out.is_empty() {
-                out.clear();
-                scan_chunks(c, &sql, &args, id_key, |rs| collect(&mut out, rs))?;
+                (Some(key), None) => {
+                    let mut a = args.clone();
+                    a.push(chunks::id_key(key).into());
+                    let w = format!("{sql} AND id IN (SELECT chunk FROM request_keys WHERE key = ?)");
+                    scan_chunks(c, &w, &a, id_key, |rs| collect(&mut out, rs))?;
+                }
+                (None, _) => scan_chunks(c, &sql, &args, None, |rs| collect(&mut out, rs))?,
             }
             // Chunks are newest first, and within one, newest last; a record written late
             // (a long request) can sit after newer ones: order by id.
@@ -678,6 +710,13 @@ impl LogStore for SqliteStore {
                     gone_records += g;
                     break;
                 }
+            }
+            if gone_records > 0 {
+                tx.execute(
+                    "DELETE FROM request_keys WHERE chunk NOT IN (SELECT id FROM request_chunks)",
+                    [],
+                )
+                .map_err(db)?;
             }
             tx.commit().map_err(db)?;
             gone += gone_records;
