@@ -365,17 +365,13 @@ pub(super) fn id_time(id: &str) -> Option<i64> {
     (digits == 12).then_some(ms)
 }
 
-/// How far from its record's start an id's time may lie for the id to be found by its time.
+/// How far from its record's start an id's time may lie for the id to be looked for among the
+/// chunks of that time first.
 pub(super) const TIME_SLACK_MS: i64 = 60_000;
 
-/// Whether an id is found by its time (the platform's ids) rather than indexed by key.
-pub(super) fn found_by_time(id: &str, start_ms: i64) -> bool {
+#[cfg(test)]
+fn found_by_time(id: &str, start_ms: i64) -> bool {
     id_time(id).is_some_and(|t| (t - start_ms).abs() <= TIME_SLACK_MS)
-}
-
-/// The key a caller's id (one that carries no time) is indexed under in `request_keys`.
-pub(super) fn id_key(id: &str) -> i64 {
-    fnv1a(id.as_bytes()) as i64
 }
 
 #[cfg(test)]

@@ -44,13 +44,6 @@ CREATE TABLE IF NOT EXISTS request_chunks (
     data BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS request_chunks_by_end ON request_chunks(max_start_ms);
--- The chunks holding ids that carry no time (a caller's request ids and trace ids): the
--- platform's own ids are found by their time, these by this key (`chunks::id_key`).
-CREATE TABLE IF NOT EXISTS request_keys (
-    key INTEGER NOT NULL,
-    chunk INTEGER NOT NULL,
-    PRIMARY KEY (key, chunk)
-) WITHOUT ROWID;
 -- The last record id handed out: ids never go back, even when every chunk is pruned.
 CREATE TABLE IF NOT EXISTS request_seq (
     one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -168,20 +161,11 @@ fn migrate_record_rows(c: &Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-/// Stores a chunk of `records` and indexes the ids among them that carry no time.
+/// Stores a chunk of `records`. No per-record index: the platform's ids are found by their
+/// time, a caller's through the chunks' Bloom filters (an index of random keys cost ~45 µs a
+/// record here, every record dirtying a random page).
 fn store_chunk(c: &Connection, records: &[RequestRecord]) -> rusqlite::Result<()> {
-    insert_chunk(c, &chunks::encode(records))?;
-    let chunk = c.last_insert_rowid();
-    let mut st =
-        c.prepare_cached("INSERT OR IGNORE INTO request_keys (key, chunk) VALUES (?1, ?2)")?;
-    for r in records {
-        for id in [&r.request_id, &r.trace_id] {
-            if !chunks::found_by_time(id, r.start_ms) {
-                st.execute(params![chunks::id_key(id), chunk])?;
-            }
-        }
-    }
-    Ok(())
+    insert_chunk(c, &chunks::encode(records))
 }
 
 fn insert_chunk(c: &Connection, k: &chunks::Chunk) -> rusqlite::Result<()> {
@@ -493,28 +477,16 @@ impl LogStore for SqliteStore {
                 Ok(true)
             };
             const SLACK_MS: i64 = chunks::TIME_SLACK_MS;
-            match (id_key, hint) {
-                (Some(_), Some(t)) => {
-                    let mut a = args.clone();
-                    a.extend([(t - SLACK_MS).into(), (t + SLACK_MS).into()]);
-                    let w = format!("{sql} AND max_start_ms >= ? AND min_start_ms <= ?");
-                    scan_chunks(c, &w, &a, id_key, |rs| collect(&mut out, rs))?;
-                    if out.is_empty() {
-                        // A caller's id that carries a time far from its request's start: it
-                        // was indexed by key.
-                        let mut a = args.clone();
-                        a.push(chunks::id_key(id_key.expect("matched")).into());
-                        let w = format!("{sql} AND id IN (SELECT chunk FROM request_keys WHERE key = ?)");
-                        scan_chunks(c, &w, &a, id_key, |rs| collect(&mut out, rs))?;
-                    }
-                }
-                (Some(key), None) => {
-                    let mut a = args.clone();
-                    a.push(chunks::id_key(key).into());
-                    let w = format!("{sql} AND id IN (SELECT chunk FROM request_keys WHERE key = ?)");
-                    scan_chunks(c, &w, &a, id_key, |rs| collect(&mut out, rs))?;
-                }
-                (None, _) => scan_chunks(c, &sql, &args, None, |rs| collect(&mut out, rs))?,
+            if let (Some(_), Some(t)) = (id_key, hint) {
+                let mut a = args.clone();
+                a.extend([(t - SLACK_MS).into(), (t + SLACK_MS).into()]);
+                let w = format!("{sql} AND max_start_ms >= ? AND min_start_ms <= ?");
+                scan_chunks(c, &w, &a, id_key, |rs| collect(&mut out, rs))?;
+            }
+            if out.is_empty() {
+                // No id, an id with no time, or one whose time is not its request's (a caller's
+                // UUIDv7 made elsewhere): every chunk in the other bounds, through the filters.
+                scan_chunks(c, &sql, &args, id_key, |rs| collect(&mut out, rs))?;
             }
             // Chunks are newest first, and within one, newest last; a record written late
             // (a long request) can sit after newer ones: order by id.
@@ -710,13 +682,6 @@ impl LogStore for SqliteStore {
                     gone_records += g;
                     break;
                 }
-            }
-            if gone_records > 0 {
-                tx.execute(
-                    "DELETE FROM request_keys WHERE chunk NOT IN (SELECT id FROM request_chunks)",
-                    [],
-                )
-                .map_err(db)?;
             }
             tx.commit().map_err(db)?;
             gone += gone_records;
