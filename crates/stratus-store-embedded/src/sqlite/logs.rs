@@ -165,14 +165,16 @@ fn migrate_record_rows(c: &Connection) -> rusqlite::Result<()> {
 /// time, a caller's through the chunks' Bloom filters (an index of random keys cost ~45 µs a
 /// record here, every record dirtying a random page).
 fn store_chunk(c: &Connection, records: &[RequestRecord]) -> rusqlite::Result<()> {
-    insert_chunk(c, &chunks::encode(records))
+    put_chunk(c, None, &chunks::encode(records))
 }
 
-fn insert_chunk(c: &Connection, k: &chunks::Chunk) -> rusqlite::Result<()> {
+/// Writes a chunk's row: a new one, or (with `id`) the one it replaces, keeping its place.
+fn put_chunk(c: &Connection, id: Option<i64>, k: &chunks::Chunk) -> rusqlite::Result<()> {
     c.prepare_cached(
-        "INSERT INTO request_chunks (first_id, last_id, n, min_start_ms, max_start_ms, functions, classes, bloom, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT OR REPLACE INTO request_chunks (id, first_id, last_id, n, min_start_ms, max_start_ms, functions, classes, bloom, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
+        id,
         k.first_id,
         k.last_id,
         k.n,
@@ -275,23 +277,7 @@ fn trim_chunk(
         c.execute("DELETE FROM request_chunks WHERE id = ?1", [id])
             .map_err(db)?;
     } else if gone > 0 {
-        let k = chunks::encode(&records);
-        c.execute(
-            "UPDATE request_chunks SET first_id = ?2, last_id = ?3, n = ?4, min_start_ms = ?5, max_start_ms = ?6, functions = ?7, classes = ?8, bloom = ?9, data = ?10 WHERE id = ?1",
-            params![
-                id,
-                k.first_id,
-                k.last_id,
-                k.n,
-                k.min_start_ms,
-                k.max_start_ms,
-                k.functions,
-                k.classes,
-                k.bloom,
-                k.data
-            ],
-        )
-        .map_err(db)?;
+        put_chunk(c, Some(id), &chunks::encode(&records)).map_err(db)?;
     }
     Ok(gone)
 }
