@@ -267,7 +267,7 @@ fn trim_chunk(
     first_id: i64,
     min_start_ms: i64,
     data: &[u8],
-    keep: impl Fn(&RequestRecord) -> bool,
+    keep: impl FnMut(&RequestRecord) -> bool,
 ) -> Result<u64> {
     let mut records = chunks::decode(data, first_id, min_start_ms).map_err(chunk_err)?;
     let before = records.len();
@@ -629,44 +629,54 @@ impl LogStore for SqliteStore {
             }
             // By count: the oldest chunks while the rest still hold `max_lines`, then the oldest
             // records of the next one.
-            let mut total: u64 = tx
+            let total: u64 = tx
                 .query_row("SELECT coalesce(sum(n), 0) FROM request_chunks", [], |r| {
                     r.get::<_, i64>(0)
                 })
                 .map_err(db)? as u64;
-            while total > max_lines {
-                let Some((id, first, n, min_start, data)) = tx
-                    .query_row(
-                        "SELECT id, first_id, n, min_start_ms, data FROM request_chunks ORDER BY id LIMIT 1",
-                        [],
-                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)?, r.get::<_, Vec<u8>>(4)?)),
-                    )
-                    .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })
-                    .map_err(db)?
-                else {
-                    break;
-                };
-                let excess = total - max_lines;
-                if excess >= n {
+            if total > max_lines {
+                // Only ids and sizes until the boundary: a chunk deleted whole is never read.
+                let mut excess = total - max_lines;
+                let mut boundary = None;
+                let mut whole = Vec::new();
+                {
+                    let mut st = tx
+                        .prepare("SELECT id, n FROM request_chunks ORDER BY id")
+                        .map_err(db)?;
+                    let mut rows = st.query([]).map_err(db)?;
+                    while excess > 0
+                        && let Some(r) = rows.next().map_err(db)?
+                    {
+                        let (id, n): (i64, i64) = (r.get(0).map_err(db)?, r.get(1).map_err(db)?);
+                        if n as u64 <= excess {
+                            excess -= n as u64;
+                            whole.push((id, n as u64));
+                        } else {
+                            boundary = Some(id);
+                            break;
+                        }
+                    }
+                }
+                for (id, n) in whole {
                     tx.execute("DELETE FROM request_chunks WHERE id = ?1", [id])
                         .map_err(db)?;
-                    total -= n;
                     gone_records += n;
-                } else {
-                    let mut ids: Vec<i64> = chunks::decode(&data, first, min_start)
-                        .map_err(chunk_err)?
-                        .iter()
-                        .map(|r| r.id)
-                        .collect();
-                    ids.sort_unstable();
-                    let cut = ids[excess as usize];
-                    let g = trim_chunk(&tx, id, first, min_start, &data, |r| r.id >= cut)?;
-                    gone_records += g;
-                    break;
+                }
+                if let Some(id) = boundary {
+                    let (first, min_start, data): (i64, i64, Vec<u8>) = tx
+                        .query_row(
+                            "SELECT first_id, min_start_ms, data FROM request_chunks WHERE id = ?1",
+                            [id],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        )
+                        .map_err(db)?;
+                    // A chunk's records are in id order: the oldest `excess` go.
+                    let mut skip = excess;
+                    gone_records += trim_chunk(&tx, id, first, min_start, &data, |_| {
+                        let keep = skip == 0;
+                        skip = skip.saturating_sub(1);
+                        keep
+                    })?;
                 }
             }
             tx.commit().map_err(db)?;
