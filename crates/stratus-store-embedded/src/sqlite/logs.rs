@@ -225,7 +225,7 @@ fn scan_chunks(
     sql_where: &str,
     args: &[Value],
     id_key: Option<&str>,
-    mut f: impl FnMut(&mut dyn FnMut(&mut dyn FnMut(chunks::Raw<'_>)) -> Result<()>) -> Result<bool>,
+    mut f: impl FnMut(Packed<'_>) -> Result<bool>,
 ) -> Result<()> {
     let sql = format!(
         "SELECT first_id, min_start_ms, bloom, data FROM request_chunks WHERE 1=1{sql_where} ORDER BY id DESC"
@@ -248,15 +248,30 @@ fn scan_chunks(
             .map_err(db)?
             .as_blob()
             .map_err(|e| chunk_err(e.to_string()))?;
-        let (first, min_start): (i64, i64) = (r.get(0).map_err(db)?, r.get(1).map_err(db)?);
-        let mut each = |g: &mut dyn FnMut(chunks::Raw<'_>)| {
-            chunks::for_each(data, first, min_start, g).map_err(chunk_err)
+        let chunk = Packed {
+            data,
+            first_id: r.get(0).map_err(db)?,
+            min_start_ms: r.get(1).map_err(db)?,
         };
-        if !f(&mut each)? {
+        if !f(chunk)? {
             break;
         }
     }
     Ok(())
+}
+
+/// One chunk's records as the row holds them.
+struct Packed<'a> {
+    data: &'a [u8],
+    first_id: i64,
+    min_start_ms: i64,
+}
+
+impl<'a> Packed<'a> {
+    /// Each record in place, oldest first.
+    fn for_each(&self, f: impl FnMut(chunks::Raw<'a>)) -> Result<()> {
+        chunks::for_each(self.data, self.first_id, self.min_start_ms, f).map_err(chunk_err)
+    }
 }
 
 /// Rewrites a chunk with only the records `keep` keeps (or deletes it when none are left);
@@ -445,11 +460,10 @@ impl LogStore for SqliteStore {
             };
             let limit = q.limit.max(1) as usize;
             let mut out: Vec<RequestRecord> = Vec::new();
-            let collect = |out: &mut Vec<RequestRecord>,
-                           each: &mut dyn FnMut(&mut dyn FnMut(chunks::Raw<'_>)) -> Result<()>|
+            let collect = |out: &mut Vec<RequestRecord>, chunk: Packed<'_>|
              -> Result<bool> {
                 let mut kept = Vec::new();
-                each(&mut |r| {
+                chunk.for_each(|r| {
                     if keep(&r) {
                         kept.push(r.to_record());
                     }
@@ -492,8 +506,8 @@ impl LogStore for SqliteStore {
             }
             let mut by_function: std::collections::BTreeMap<String, RequestSummary> =
                 Default::default();
-            scan_chunks(c, &sql, &args, None, |each| {
-                each(&mut |r| {
+            scan_chunks(c, &sql, &args, None, |chunk| {
+                chunk.for_each(|r| {
                     if r.start_ms < q.since_ms
                         || r.start_ms > q.until_ms
                         || q.function.as_deref().is_some_and(|f| r.function != f)
