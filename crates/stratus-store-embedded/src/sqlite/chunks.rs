@@ -345,7 +345,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// The millisecond a time-ordered id would carry: a UUIDv7 request id (`xxxxxxxx-xxxx-7…`), or
 /// a trace id whose first 48 bits are the time (the roots Stratus starts). `None` for an id
 /// that cannot be one. Any other hex id reads as some time too; whether it is the record's
-/// ([`found_by_time`]) decides how the id is found.
+/// (it lies in [`id_window`]) decides how the id is found.
 pub(super) fn id_time(id: &str) -> Option<i64> {
     if id.len() == 36 && id.as_bytes().get(14) != Some(&b'7') {
         return None;
@@ -365,13 +365,12 @@ pub(super) fn id_time(id: &str) -> Option<i64> {
     (digits == 12).then_some(ms)
 }
 
-/// How far from its record's start an id's time may lie for the id to be looked for among the
-/// chunks of that time first.
-pub(super) const TIME_SLACK_MS: i64 = 60_000;
-
-#[cfg(test)]
-fn found_by_time(id: &str, start_ms: i64) -> bool {
-    id_time(id).is_some_and(|t| (t - start_ms).abs() <= TIME_SLACK_MS)
+/// The start times a record found by its time-ordered id can have: the id's time, give or take
+/// a minute (ids and starts are taken at the same moment; a caller's id made elsewhere may lie
+/// outside, and is then found through every chunk's filter).
+pub(super) fn id_window(id: &str) -> Option<(i64, i64)> {
+    const SLACK_MS: i64 = 60_000;
+    id_time(id).map(|t| (t - SLACK_MS, t + SLACK_MS))
 }
 
 #[cfg(test)]
@@ -455,11 +454,9 @@ mod tests {
             now & 0xffff
         );
         assert_eq!(id_time(&v7), Some(now));
-        assert!(found_by_time(&v7, now + TIME_SLACK_MS));
-        assert!(
-            !found_by_time(&v7, now + TIME_SLACK_MS + 1),
-            "made long before"
-        );
+        let (from, to) = id_window(&v7).unwrap();
+        assert!((from..=to).contains(&(now + 60_000)));
+        assert!(!(from..=to).contains(&(now + 60_001)), "made long before");
         let v4 = format!(
             "{:08x}-{:04x}-4abc-8def-0123456789ab",
             now >> 16,
@@ -468,7 +465,8 @@ mod tests {
         assert_eq!(id_time(&v4), None, "a random UUID carries no time");
         let trace = format!("{now:012x}{:020x}", 42);
         assert_eq!(id_time(&trace), Some(now));
-        assert!(!found_by_time(&format!("{:032x}", 3), now));
+        let (from, to) = id_window(&format!("{:032x}", 3)).unwrap();
+        assert!(!(from..=to).contains(&now));
         assert_eq!(id_time("req-1"), None);
         assert_eq!(class_mask(500, 599), 1 << 5);
         assert_eq!(class_mask(400, 599), 1 << 4 | 1 << 5);

@@ -421,7 +421,7 @@ impl LogStore for SqliteStore {
             let id_key = q.request_id.as_deref().or(q.trace_id.as_deref());
             // Request ids and trace ids that carry their time point at the chunks of that time
             // (a few minutes either side); any other id is looked for in every chunk's filter.
-            let hint = id_key.and_then(chunks::id_time);
+            let hint = id_key.and_then(chunks::id_window);
             let grep = q.grep.as_deref().map(str::to_ascii_lowercase);
             let line_hits: std::collections::HashSet<String> = match &q.grep {
                 None => Default::default(),
@@ -476,10 +476,9 @@ impl LogStore for SqliteStore {
                 }
                 Ok(true)
             };
-            const SLACK_MS: i64 = chunks::TIME_SLACK_MS;
-            if let (Some(_), Some(t)) = (id_key, hint) {
+            if let Some((from, to)) = hint {
                 let mut a = args.clone();
-                a.extend([(t - SLACK_MS).into(), (t + SLACK_MS).into()]);
+                a.extend([from.into(), to.into()]);
                 let w = format!("{sql} AND max_start_ms >= ? AND min_start_ms <= ?");
                 scan_chunks(c, &w, &a, id_key, |rs| collect(&mut out, rs))?;
             }
