@@ -69,6 +69,13 @@ def sink_bytes(tmp):
         return 0
 
 
+def cpu_ticks(pid):
+    """User + system CPU ticks of a process and its live children (nginx's master + worker)."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    return int(f[11]) + int(f[12]) + sum(cpu_ticks(int(k)) for k in kids)
+
+
 def deploy_hello(s):
     app = os.path.join(s.tmp, "app")
     shutil.copytree(os.path.join(REPO, "bench/fixtures/hello"), app)
@@ -93,9 +100,14 @@ def main():
         for s in servers.values():
             subprocess.run(["wrk", "-t1", f"-c{traffic.CONNS}", "-d3s", f"http://127.0.0.1:{s.gw}/fn/hello/"], capture_output=True, check=True)
         res = {k: [] for k in servers}
-        for _ in range(RUNS):
-            for k, s in servers.items():
-                res[k].append(traffic.wrk(f"http://127.0.0.1:{s.gw}/fn/hello/"))
+        names = list(servers)
+        sink_cpu0 = cpu_ticks(sink.pid)
+        for i in range(RUNS):
+            # Each round runs every server once, starting one later each round, so that no
+            # server is always the one after (or before) a given other.
+            for k in names[i % len(names):] + names[:i % len(names)]:
+                res[k].append(traffic.wrk(f"http://127.0.0.1:{servers[k].gw}/fn/hello/"))
+        sink_cpu = (cpu_ticks(sink.pid) - sink_cpu0) / os.sysconf("SC_CLK_TCK")
         med = {k: tuple(statistics.median(r[i] for r in v) for i in range(4)) for k, v in res.items()}
         load = os.getloadavg()[0]
         print(f"observability overhead: wrk -t1 -c{traffic.CONNS} -d{traffic.DURATION} --latency, median of {RUNS} interleaved runs, load avg {load:.1f}")
@@ -104,6 +116,11 @@ def main():
             rps, p50, p99, bad = med[k]
             print(f"{label:<46} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {bad:>8.0f}")
         ratio = med["on"][0] / med["off"][0]
+        # The same ratio taken within each round (the runs of a round are minutes apart at
+        # most, so a slow stretch of the machine moves both sides of it).
+        paired = [a[0] / b[0] for a, b in zip(res["on"], res["off"])]
+        print(f"on/off by round: {' '.join(f'{r:.3f}' for r in paired)} (median {statistics.median(paired):.3f}); "
+              f"the OTLP sink (nginx) used {sink_cpu:.2f} s of CPU over all rounds")
         print(f"throughput ratio on/off: {ratio:.3f} (target >= 0.95: {'MET' if ratio >= 0.95 else 'MISSED'}); "
               f"records only/off: {med['records'][0] / med['off'][0]:.3f}; 10% sampled/off: {med['sampled'][0] / med['off'][0]:.3f}; "
               f"OTLP bytes received by the sink: {sink_bytes(sink_dir)}")

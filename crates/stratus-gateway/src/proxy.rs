@@ -291,6 +291,7 @@ impl Gateway {
                 started,
                 routed: Some(Instant::now()),
                 queue: None,
+                queued: false,
                 init: None,
                 sent: None,
                 instance: String::new(),
@@ -330,6 +331,7 @@ impl Gateway {
         let queued_at = Instant::now();
         let acquired = pool.acquire(queue_deadline).await;
         served.timeline.queue = Some((queued_at, Instant::now()));
+        served.timeline.queued = acquired.as_ref().map_or(true, |l| l.queued());
         let lease = match acquired {
             Ok(l) => l,
             Err(e) => {

@@ -149,6 +149,32 @@ async fn call(i: &Arc<dyn Instance>, req: http::Request<Body>) -> (u16, String) 
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Pooled slots are reset in place between requests (dirty pages restored, not decommitted):
+/// every request must still start from the component's initial memory, however its slot was
+/// used before (one after another, side by side, after a request that grew memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_starts_from_the_components_initial_state() {
+    let rig = Rig::new();
+    let i = rig.instance(wasm_limits(), &[]).await;
+    let fresh = (200, r#"{"hits":1,"dirty":0}"#.to_string());
+    for _ in 0..20 {
+        assert_eq!(call(&i, get("/state")).await, fresh);
+    }
+    for _ in 0..3 {
+        let side_by_side: Vec<_> = (0..16)
+            .map(|_| {
+                let i = i.clone();
+                tokio::spawn(async move { call(&i, get("/state")).await })
+            })
+            .collect();
+        for r in side_by_side {
+            assert_eq!(r.await.unwrap(), fresh);
+        }
+        assert_eq!(call(&i, get("/alloc?mb=8")).await.0, 200);
+    }
+    assert_eq!(call(&i, get("/state")).await, fresh);
+}
+
 #[tokio::test]
 async fn serves_env_and_logs_per_request() {
     let rig = Rig::new();

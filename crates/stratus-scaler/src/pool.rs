@@ -147,6 +147,8 @@ pub struct Lease {
     pool: Arc<InstancePool>,
     _function: Option<FunctionPermit>,
     cold_start: Option<Duration>,
+    /// False when a slot was free as the request arrived (it did not queue).
+    queued: bool,
     /// False for a lease whose slot was already passed on (its drop must not free it again).
     live: bool,
 }
@@ -160,6 +162,12 @@ impl Lease {
     /// start), for request records and metrics.
     pub fn cold_start(&self) -> Option<Duration> {
         self.cold_start
+    }
+
+    /// Whether the request queued for its slot (none was free when it arrived), so that traces
+    /// show a queue span only for a wait that happened.
+    pub fn queued(&self) -> bool {
+        self.queued
     }
 }
 
@@ -306,6 +314,7 @@ impl InstancePool {
             pool: self.clone(),
             _function: None,
             cold_start: first.then_some(slot.init),
+            queued: true,
             live: true,
         })
     }
@@ -319,6 +328,7 @@ impl InstancePool {
                 pool: self.clone(),
                 _function: None,
                 cold_start: None,
+                queued: true,
                 live: true,
             };
             match waiter.send(lease) {
@@ -497,6 +507,7 @@ impl InstancePool {
                 && let Some(mut lease) = self.try_lease(&st)
             {
                 lease.cold_start = None;
+                lease.queued = false;
                 return Ok(lease);
             }
             // A bounded queue: past it, shed load now rather than pile requests up.

@@ -87,7 +87,8 @@ impl TraceConfig {
 }
 
 /// One request the gateway served, handed over as it was timed; the exporter lays it out as
-/// its spans (the server span; route, queue with the cold start inside it, and invoke under it).
+/// its spans (the server span; route, queue (when it queued for a slot) with the cold start
+/// inside it, and invoke under it).
 /// The request path so moves what it already holds into one box, and allocates nothing per
 /// span or attribute.
 #[derive(Debug, Clone)]
