@@ -21,7 +21,8 @@
 #
 # Env knobs: STRATUS_BIN [$CARGO_TARGET_DIR or <repo>/target]/release/stratus (built if missing),
 #   WASMTIME_ROOT [bench/out/wasmtime-cli] (where wasmtime-cli is installed), CONNS [16],
-#   DURATION [10s], COLD_ROUNDS [30], DENSITY [10000], DEPLOY_CONC [8], SKIP_WASMTIME [0].
+#   DURATION [10s], COLD_ROUNDS [30], DENSITY [10000], DEPLOY_CONC [8], SKIP_WASMTIME [0],
+#   WASMTIME_ARGS [] (extra `wasmtime serve` options, e.g. its -O pooling-* tuning).
 # Everything binds 127.0.0.1; every loop is bounded.
 set -euo pipefail
 
@@ -121,7 +122,8 @@ for g in "${GUESTS[@]}"; do
   if [ "${SKIP_WASMTIME:-0}" != 1 ]; then
     WT_PORT=$(free_port)
     # -S cli: the guests import wasi:cli (env, exit) besides the proxy world, as Stratus provides.
-    "$WASMTIME" serve -S cli --addr "127.0.0.1:$WT_PORT" "$file" >"$TMP/wasmtime-$label.log" 2>&1 &
+    # shellcheck disable=SC2086 # WASMTIME_ARGS is a list of options
+    "$WASMTIME" serve -S cli ${WASMTIME_ARGS:-} --addr "127.0.0.1:$WT_PORT" "$file" >"$TMP/wasmtime-$label.log" 2>&1 &
     PIDS+=($!)
     wait_port "$WT_PORT"
     ROWS+=("$label wasmtime-serve $(load "http://127.0.0.1:$WT_PORT/")")
@@ -138,7 +140,7 @@ for g in "${GUESTS[@]}"; do
   ROWS+=("$label stratus $(load "http://127.0.0.1:$GW_PORT/fn/bench-$label/")")
 done
 
-echo "wasmtime: $("$WASMTIME" --version 2>/dev/null || echo skipped); command: wasmtime serve -S cli --addr 127.0.0.1:PORT COMPONENT"
+echo "wasmtime: $("$WASMTIME" --version 2>/dev/null || echo skipped); command: wasmtime serve -S cli ${WASMTIME_ARGS:+$WASMTIME_ARGS }--addr 127.0.0.1:PORT COMPONENT"
 echo
 echo "throughput and latency (wrk -t1 -c$CONNS -d$DURATION after a 2 s warm-up, path /):"
 printf '  %-8s %-15s %9s %9s %9s %8s %s\n' guest server "req/s" "p50 ms" "p99 ms" "non-2xx" "socket errors"
