@@ -8,7 +8,7 @@
 3. Stickiness: with a tenant header as stickiness key, the share of 5,000 tenants that change
    version when a split goes 90/10 -> 80/20 (ideal: 10%), and how many flip back.
 
-Env: STRATUS_BIN (default target/release/stratus), DURATION (10s), CONNS (32), RUNS (3).
+Env: STRATUS_BIN (default target/release/stratus), DURATION (10s), CONNS (32), RUNS (3), PIN (0).
 Binds 127.0.0.1 only; every load run is bounded by wrk's -d.
 """
 import http.client
@@ -31,10 +31,16 @@ BIN = os.environ.get("STRATUS_BIN", os.path.join(REPO, "target/release/stratus")
 DURATION = os.environ.get("DURATION", "10s")
 CONNS = os.environ.get("CONNS", "32")
 RUNS = int(os.environ.get("RUNS", "3"))
+# PIN=1: the load generator on CPU 0, the servers (and the function processes they start, which
+# inherit it) on CPU 1, so that where the scheduler happens to put each thread on the 2 cores
+# does not move the result: it measures what the platform serves on one core.
+PIN = os.environ.get("PIN") == "1"
+LOAD_CPU = ["taskset", "-c", "0"] if PIN else []
+SERVER_CPU = ["taskset", "-c", "1"] if PIN else []
 
 
-def wrk(url):
-    out = subprocess.run(["wrk", "-t1", f"-c{CONNS}", f"-d{DURATION}", "--latency", url], capture_output=True, text=True, check=True).stdout
+def wrk(url, duration=None):
+    out = subprocess.run([*LOAD_CPU, "wrk", "-t1", f"-c{CONNS}", f"-d{duration or DURATION}", "--latency", url], capture_output=True, text=True, check=True).stdout
     rps = float(next(l for l in out.splitlines() if l.startswith("Requests/sec")).split()[1])
     def pct(p):
         line = next(l for l in out.splitlines() if l.strip().startswith(p))
@@ -50,7 +56,7 @@ class Stratus:
         self.gw, self.api = free_port(), free_port()
         self.env = dict(os.environ, STRATUS_DATA_DIR=f"{self.tmp}/data", STRATUS_API=f"http://127.0.0.1:{self.api}")
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--listen", f"127.0.0.1:{self.gw}", "--api-listen", f"127.0.0.1:{self.api}", "--data-dir", f"{self.tmp}/data", *extra],
+            [*SERVER_CPU, BIN, "serve", "--listen", f"127.0.0.1:{self.gw}", "--api-listen", f"127.0.0.1:{self.api}", "--data-dir", f"{self.tmp}/data", *extra],
             stdout=subprocess.DEVNULL, stderr=open(f"{self.tmp}/serve.log", "w"), env=self.env)
         wait_port(self.api)
         wait_port(self.gw)

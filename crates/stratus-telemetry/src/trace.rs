@@ -294,9 +294,9 @@ impl<'a> From<&'a AttrValue> for Val<'a> {
 }
 
 /// An `ExportTraceServiceRequest`, written straight from the spans: no intermediate message
-/// structs and no per-span buffers. Each nested message's length is counted by a first, dry
-/// run of its writer ([`wire::Len`]), so the spans are written once, then copied once behind
-/// the few bytes of envelope.
+/// structs and no per-span buffers. Each span is written once, in one pass (its length is
+/// widened after it, see `wire::Out for Vec<u8>`), then copied once behind the few bytes of
+/// envelope, whose lengths are counted by a dry run ([`wire::Len`]) of its small parts.
 fn encode(service: &str, groups: &[SpanGroup]) -> Vec<u8> {
     let mut spans = Vec::with_capacity(groups.len() * 5 * 200);
     for g in groups {
@@ -525,9 +525,11 @@ mod wire {
     const FIXED64: u64 = 1;
     const LEN: u64 = 2;
 
-    pub trait Out {
+    pub trait Out: Sized {
         fn put(&mut self, b: &[u8]);
         fn varint(&mut self, v: u64);
+        /// An embedded message: its key, its length, then its fields.
+        fn message<M: Msg>(&mut self, tag: u32, m: &M);
     }
 
     impl Out for Vec<u8> {
@@ -536,6 +538,25 @@ mod wire {
         }
         fn varint(&mut self, v: u64) {
             prost::encoding::encode_varint(v, self);
+        }
+        /// Written in one pass: the fields go behind a one-byte length, which is widened
+        /// afterwards when the message came out longer than 127 bytes (a span: its fields move
+        /// up by a byte or two). A dry run for the length first would walk every field twice,
+        /// and each attribute inside a span four times.
+        fn message<M: Msg>(&mut self, tag: u32, m: &M) {
+            key(self, tag, LEN);
+            let at = self.len();
+            self.push(0);
+            m.write(self);
+            let len = self.len() - at - 1;
+            let mut digits = [0u8; 10];
+            let n = varint_len(len as u64);
+            prost::encoding::encode_varint(len as u64, &mut &mut digits[..]);
+            if n > 1 {
+                self.splice(at..at + 1, digits[..n].iter().copied());
+            } else {
+                self[at] = digits[0];
+            }
         }
     }
 
@@ -548,6 +569,11 @@ mod wire {
         }
         fn varint(&mut self, v: u64) {
             self.0 += varint_len(v);
+        }
+        fn message<M: Msg>(&mut self, tag: u32, m: &M) {
+            let len = len_of(m);
+            header(self, tag, len);
+            self.0 += len;
         }
     }
 
@@ -607,8 +633,7 @@ mod wire {
 
     /// An embedded message (written even when empty: presence matters).
     pub fn message<O: Out, M: Msg>(o: &mut O, tag: u32, m: &M) {
-        header(o, tag, len_of(m));
-        m.write(o);
+        o.message(tag, m);
     }
 }
 
@@ -688,7 +713,9 @@ mod tests {
             ("negative", AttrValue::Int(-7)),
             ("big", AttrValue::Int(i64::MAX)),
             ("no", AttrValue::Bool(false)),
+            // Lengths of two and three bytes, for the attribute and for the span around it.
             ("long", AttrValue::Str("x".repeat(300))),
+            ("longer", AttrValue::Str("y".repeat(20_000))),
         ];
         let got = Official::decode(
             encode("svc", &[SpanGroup::Spans(vec![sample(None), plain])]).as_slice(),
@@ -723,6 +750,7 @@ mod tests {
                 ("big", Some(Value::IntValue(i64::MAX))),
                 ("no", Some(Value::BoolValue(false))),
                 ("long", Some(Value::StringValue("x".repeat(300)))),
+                ("longer", Some(Value::StringValue("y".repeat(20_000)))),
             ]
         );
     }
