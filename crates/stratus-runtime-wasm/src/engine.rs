@@ -62,9 +62,9 @@ fn base_config() -> Config {
 }
 
 /// Bytes of a linear memory restored in place, not decommitted, when its slot is freed: a small
-/// guest's whole working set (the hello component dirties ~100 KiB).
+/// guest's whole working set (larger guests have the rest decommitted as before).
 const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
-/// The same for a table (funcref tables of a small guest are a few KiB).
+/// The same for each table (a small guest's funcref tables fit).
 const KEEP_RESIDENT_TABLE: usize = 64 << 10;
 
 fn pooling_config(max_instances: u32) -> PoolingAllocationConfig {
