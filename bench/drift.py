@@ -8,7 +8,6 @@ means the host's speed moved, not the benchmark.
 Env: STRATUS_BIN (default target/release/stratus). Binds 127.0.0.1 only.
 """
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +27,7 @@ def main():
     try:
         observability.deploy_hello(s)
         url = f"http://127.0.0.1:{s.gw}/fn/hello/"
-        subprocess.run(["wrk", "-t1", "-c32", "-d3s", url], capture_output=True, check=True)
+        traffic.wrk(url, "3s")  # warm-up
         tick = os.sysconf("SC_CLK_TCK")
         for _ in range(8):
             b0, t0, st0 = stat()

@@ -33,10 +33,9 @@ pub(crate) struct Timeline {
     pub wall: SystemTime,
     pub started: Instant,
     pub routed: Option<Instant>,
+    /// The wait for a slot, when the request queued for one (a request that found a slot free
+    /// has none: no queue span, a queue time of 0 in its record).
     pub queue: Option<(Instant, Instant)>,
-    /// Whether the request queued for a slot: a queue span is exported only then (a request
-    /// that found a free slot shows none; its record still has the ~0 wait).
-    pub queued: bool,
     pub init: Option<Duration>,
     pub sent: Option<Instant>,
     pub instance: String,
@@ -230,7 +229,7 @@ impl Report {
             error,
             start: at(t.started),
             routed: at(t.routed.unwrap_or(t.started)),
-            queue: t.queue.filter(|_| t.queued).map(|(a, b)| (at(a), at(b))),
+            queue: t.queue.map(|(a, b)| (at(a), at(b))),
             init: t.init.map(|d| d.as_nanos() as u64),
             invoke: t.sent.map(|sent| (at(sent), t.invoke_span)),
             end: at(end),

@@ -291,7 +291,6 @@ impl Gateway {
                 started,
                 routed: Some(Instant::now()),
                 queue: None,
-                queued: false,
                 init: None,
                 sent: None,
                 instance: String::new(),
@@ -330,8 +329,9 @@ impl Gateway {
         let queue_deadline = tokio::time::Instant::now() + queue_timeout;
         let queued_at = Instant::now();
         let acquired = pool.acquire(queue_deadline).await;
-        served.timeline.queue = Some((queued_at, Instant::now()));
-        served.timeline.queued = acquired.as_ref().map_or(true, |l| l.queued());
+        if acquired.as_ref().map_or(true, |l| l.queued()) {
+            served.timeline.queue = Some((queued_at, Instant::now()));
+        }
         let lease = match acquired {
             Ok(l) => l,
             Err(e) => {
