@@ -13,7 +13,9 @@ A node function with a 50 ms handler and per-instance concurrency 10:
    + 5 s while the pool shrinks (errors counted), then nothing: the time from the last request
    to zero instances, against the function's idle_timeout (IDLE).
 
-Env: STRATUS_BIN, CLIENTS (200), DURATION (30s), IDLE (10s), TRICKLE (5).
+Env: STRATUS_BIN, CLIENTS (200), DURATION (30s), IDLE (10s), TRICKLE (5); TIMES=1 has wrk
+write each request's send and receive time (bench/fixtures/request-times.lua) and prints them
+against the server's record of the same request.
 """
 import os
 import socket
@@ -95,30 +97,43 @@ def bare_starts(n, tmp):
                 pass
 
 
-def timeline(s, name, since_ms, step_ms=500, rows=12):
-    """Where the slow requests are: the function's request records (the server's own, from its
-    log store) in STEP ms bins of their start, with each bin's count, p99 of the time to
-    response headers, p99 of the wait for a slot, and cold starts. Printed after the burst."""
-    import sqlite3
+def records(s, name, since_ms, until_ms, step_ms=250):
+    """The function's request records (the server's own, from its log store, through the API)
+    that started in [since_ms, until_ms), fetched in windows the API's 10,000 limit covers."""
+    import datetime
+    import urllib.parse
+
+    def rfc(ms):
+        return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     time.sleep(1.5)  # the log writer flushes every 200 ms
-    db = sqlite3.connect(f"file:{s.tmp}/data/logs.db?mode=ro", uri=True)
-    recs = db.execute("SELECT start_ms, duration_us, queue_us, init_us IS NOT NULL FROM requests "
-                      "WHERE function = ? AND start_ms >= ? ORDER BY start_ms", (name, since_ms)).fetchall()
-    db.close()
+    out = {}
+    t = since_ms
+    while t < until_ms:
+        q = urllib.parse.urlencode({"function": name, "since": rfc(t), "until": rfc(min(t + step_ms, until_ms)), "limit": 10000})
+        for r in s.get(f"/api/v1/requests?{q}"):
+            out[r["request_id"]] = r
+        t += step_ms
+    return sorted(out.values(), key=lambda r: (r["start_ms"], r["request_id"]))
+
+
+def timeline(recs, step_ms=500, rows=12):
+    """Where the slow requests are: request records in STEP ms bins of their start, with each
+    bin's count, p99 of the request's time in the server, p99 of the wait for a slot, and cold
+    starts. Printed after the burst."""
     if not recs:
         print("  (no request records)")
         return
-    t0 = recs[0][0]
+    t0 = recs[0]["start_ms"]
     bins = {}
-    for start, dur, queue, cold in recs:
-        bins.setdefault((start - t0) // step_ms, []).append((dur, queue, cold))
+    for r in recs:
+        bins.setdefault((r["start_ms"] - t0) // step_ms, []).append((r["duration_us"], r["queue_us"], r.get("init_us") is not None))
 
     def p99(v):
         v = sorted(v)
         return v[min(len(v) - 1, int(len(v) * 0.99))] / 1000
-    slow = sorted(d for _, d, _, _ in recs)[int(len(recs) * 0.99)]
-    print(f"  request records of {name!r}: {len(recs)}; overall p99 {slow / 1000:.1f} ms; "
-          f"{sum(1 for r in recs if r[1] >= slow)} at or over it, by start:")
+    slow = sorted(d for d, _, _ in (x for b in bins.values() for x in b))[int(len(recs) * 0.99)]
+    print(f"  request records: {len(recs)}; overall p99 {slow / 1000:.1f} ms; "
+          f"{sum(1 for r in recs if r['duration_us'] >= slow)} at or over it, by start:")
     print(f"  {'from s':>6} {'requests':>8} {'p99 ms':>8} {'p99 wait ms':>11} {'cold':>5} {'>= p99':>6}")
     keys = sorted(bins)
     shown = keys[:rows] + ([k for k in keys[rows:] if any(d >= slow for d, _, _ in bins[k])][:6])
@@ -126,6 +141,48 @@ def timeline(s, name, since_ms, step_ms=500, rows=12):
         b = bins[k]
         print(f"  {k * step_ms / 1000:>6.1f} {len(b):>8} {p99([d for d, _, _ in b]):>8.1f} "
               f"{p99([q for _, q, _ in b]):>11.1f} {sum(c for _, _, c in b):>5} {sum(1 for d, _, _ in b if d >= slow):>6}")
+
+
+def client_vs_server(times_prefix, recs, step_ms=500, rows=8):
+    """Each request as wrk saw it (sent, answered; from bench/fixtures/request-times.lua) next to
+    the server's record of it, matched by request id: how much of the client's latency the
+    server did not see, before its record starts and after it ends, by when it was sent."""
+    import glob
+    byid = {r["request_id"]: r for r in recs}
+    client = []
+    for path in glob.glob(times_prefix + ".*"):
+        for line in open(path):
+            parts = line.split()
+            if len(parts) >= 3:
+                client.append((parts[0], int(parts[1]), int(parts[2])))
+    client.sort(key=lambda c: c[1])
+    if not client:
+        print("  (no client times)")
+        return
+    t0 = client[0][1]
+    bins = {}
+    unmatched = 0
+    for rid, sent, got in client:
+        r = byid.get(rid)
+        if r is None:
+            unmatched += 1
+            continue
+        lat = (got - sent) / 1000
+        before = r["start_ms"] - sent / 1000  # ms, the record's start has ms resolution
+        inside = r["duration_us"] / 1000
+        bins.setdefault((sent - t0) // (step_ms * 1000), []).append((lat, before, inside, lat - before - inside))
+    lats = sorted(l for b in bins.values() for l, *_ in b)
+    print(f"  client times: {len(client)} answered requests written by wrk, {unmatched} without a server record; "
+          f"client p99 of these {lats[int(len(lats) * 0.99)]:.1f} ms")
+    print(f"  {'sent s':>6} {'requests':>8} {'client p99':>10} {'server p99':>10} {'before p99':>10} {'after p99':>9} {'> 100 ms':>8}")
+
+    def p99(v):
+        v = sorted(v)
+        return v[min(len(v) - 1, int(len(v) * 0.99))]
+    for k in sorted(bins)[:rows]:
+        b = bins[k]
+        print(f"  {k * step_ms / 1000:>6.1f} {len(b):>8} {p99([x[0] for x in b]):>10.1f} {p99([x[2] for x in b]):>10.1f} "
+              f"{p99([x[1] for x in b]):>10.1f} {p99([x[3] for x in b]):>9.1f} {sum(1 for x in b if x[0] > 100):>8}")
 
 
 class Probe(threading.Thread):
@@ -205,7 +262,13 @@ def main():
         burst_from = int(time.time() * 1000)
         probe = Probe(s, "/fn/ideal/")
         probe.start()
-        burst = wrk(s.url("/fn/burst/"), CLIENTS, DURATION)
+        times = None
+        if os.environ.get("TIMES") == "1":
+            times = os.path.join(s.tmp, "request-times")
+            os.environ["REQUEST_TIMES"] = times
+        burst = wrk(s.url("/fn/burst/"), CLIENTS, DURATION,
+                    script=os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures/request-times.lua") if times else None)
+        burst_until = int(time.time() * 1000)
         cap.stop_flag = True
         cap.join()
         print(f"burst from zero: {CLIENTS} wrk connections for {DURATION}, 50 ms handler, concurrency {PER_INSTANCE}/instance")
@@ -221,7 +284,10 @@ def main():
               f"(capacity / floor: {ratio})")
         print(f"p50 ratio {burst[1] / ideal[1]:.2f}, p99 ratio {p99r:.2f} (target <= 2: {'MET' if p99r <= 2 else 'MISSED'}); "
               f"errors {burst[3]} (target 0: {'MET' if burst[3] == 0 else 'MISSED'})")
-        timeline(s, "burst", burst_from)
+        recs = records(s, "burst", burst_from, burst_until if times else burst_from + 6000)
+        timeline(recs)
+        if times:
+            client_vs_server(times, recs)
         probe.join()
         probe.report()
         print()

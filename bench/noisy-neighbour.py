@@ -16,9 +16,13 @@ restarted):
 - cpu spinner without limits: the same spinner with no `limits.cpu`, to show what the limit buys.
 
 Rows are interleaved with a fresh baseline before each neighbour (the machine is shared); the
-ratio is against the baseline measured just before. Env: STRATUS_BIN, CONNS, DURATION.
+ratio is against the baseline measured just before. A single 10-s p99 moves by 10-25 % between
+identical runs here (the `quiet` control row shows it), so REPEAT=N runs every row N times and
+prints each neighbour's median ratio. Env: STRATUS_BIN, CONNS, DURATION, REPEAT (1), ONLY (a
+comma-separated list of the neighbours above by key, e.g. ONLY=fork-bomb,cpu-spinner).
 """
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +32,7 @@ from stratus_bench import BIN, REPO, Stratus, ensure_wrk, load_average, wrk  # n
 
 CONNS = int(os.environ.get("CONNS", "16"))
 DURATION = os.environ.get("DURATION", "10s")
+REPEAT = int(os.environ.get("REPEAT", "1"))
 
 LIMITS = '[limits]\nmemory = "64MiB"\ncpu = 0.5\npids = 64\ntimeout = "2s"\n'
 SCALING = '[scaling]\nmin = 1\nmax = 1\n'
@@ -44,6 +49,10 @@ time.sleep(0.3)
 """
 
 NEIGHBOURS = {
+    # The control: a well-behaved neighbour (it serves and idles). Its ratio is the bench's noise.
+    "quiet": ("quiet (control)", LIMITS, PY_PREFIX + """
+while True: time.sleep(1)
+"""),
     "fork-bomb": ("fork bomb", LIMITS, PY_PREFIX + """
 while True:
     try:
@@ -94,28 +103,40 @@ def main():
         print(f"load average before: {' '.join(load_average())}")
         print(f"noisy neighbour: good function under wrk -c{CONNS} -d{DURATION}; each neighbour deployed beside it")
         print(f"{'neighbour':<26} {'base p99':>9} {'with p99':>9} {'ratio':>6} {'errors':>7}  neighbour status")
-        for name, (label, limits, code) in NEIGHBOURS.items():
-            base = wrk(good, CONNS, DURATION)
-            manifest = (f'name = "{name}"\nruntime = "process"\ncommand = ["python3", "server.py"]\n'
-                        f'{limits}{SCALING}')
-            s.deploy(name, manifest, {"server.py": code})
-            caller = None
-            if name == "never-answers":
-                caller = subprocess.Popen(["wrk", "-t1", "-c32", f"-d{int(DURATION.rstrip('s')) + 5}s", "--timeout=5s",
-                                           s.url(f"/fn/{name}/")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1)  # let the misbehaviour start
-            noisy = wrk(good, CONNS, DURATION)
-            if caller:
-                caller.wait()
-            info = s.info(name)
-            p = info["pools"][0] if info["pools"] else {}
-            status = (f"crashes {p.get('crashes', 0)}, oom {p.get('oom_kills', 0)}, timeouts {p.get('timeouts', 0)}, "
-                      f"last exit {(p.get('last_exit') or {}).get('reason', '-')}")
-            ratio = noisy[2] / base[2]
-            print(f"{label:<26} {base[2]:>8.2f}m {noisy[2]:>8.2f}m {ratio:>6.2f} {noisy[3]:>7}  {status}")
-            # Remove the neighbour before the next baseline.
-            subprocess.run([BIN, "delete", name], env=s.env, capture_output=True, check=True)
-            time.sleep(1)
+        only = [n for n in os.environ.get("ONLY", "").split(",") if n]
+        ratios = {}
+        for _ in range(REPEAT):
+            for name, (label, limits, code) in NEIGHBOURS.items():
+                if only and name not in only:
+                    continue
+                base = wrk(good, CONNS, DURATION)
+                manifest = (f'name = "{name}"\nruntime = "process"\ncommand = ["python3", "server.py"]\n'
+                            f'{limits}{SCALING}')
+                s.deploy(name, manifest, {"server.py": code})
+                caller = None
+                if name == "never-answers":
+                    caller = subprocess.Popen(["wrk", "-t1", "-c32", f"-d{int(DURATION.rstrip('s')) + 5}s", "--timeout=5s",
+                                               s.url(f"/fn/{name}/")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)  # let the misbehaviour start
+                noisy = wrk(good, CONNS, DURATION)
+                if caller:
+                    caller.wait()
+                info = s.info(name)
+                p = info["pools"][0] if info["pools"] else {}
+                status = (f"crashes {p.get('crashes', 0)}, oom {p.get('oom_kills', 0)}, timeouts {p.get('timeouts', 0)}, "
+                          f"last exit {(p.get('last_exit') or {}).get('reason', '-')}, "
+                          f"cpu class {','.join(sorted({i.get('cpu_class', '-') for i in p.get('instances', [])})) or '-'}")
+                ratio = noisy[2] / base[2]
+                ratios.setdefault(label, []).append(ratio)
+                print(f"{label:<26} {base[2]:>8.2f}m {noisy[2]:>8.2f}m {ratio:>6.2f} {noisy[3]:>7}  {status}", flush=True)
+                # Remove the neighbour before the next baseline.
+                subprocess.run([BIN, "delete", name], env=s.env, capture_output=True, check=True)
+                time.sleep(1)
+        if REPEAT > 1:
+            print(f"median p99 ratio over {REPEAT} rounds (target <= 1.2):")
+            for label, r in ratios.items():
+                m = statistics.median(r)
+                print(f"  {label:<26} {m:>5.2f} {'MET' if m <= 1.2 else 'MISSED':<7} ({', '.join(f'{x:.2f}' for x in r)})")
         print(f"load average after: {' '.join(load_average())}")
     finally:
         s.stop()

@@ -54,13 +54,13 @@ def _ms(v):
     return float(v)
 
 
-def wrk(url, conns, duration, threads=2, timeout="10s"):
+def wrk(url, conns, duration, threads=2, timeout="10s", script=None):
     """One wrk run: (requests, p50 ms, p99 ms, errors = non-2xx + socket errors)."""
     # WRK_RT=1 runs wrk at real-time priority (SCHED_FIFO 10): on a 2-core box whose cores a
     # burst of instance starts saturates, a load generator on the same box otherwise counts its
     # own scheduling delay as latency. wrk is I/O-bound, so it cannot starve the server.
     rt = ["chrt", "-f", "10"] if os.environ.get("WRK_RT") == "1" else []
-    out = subprocess.run([*rt, "wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}", f"--timeout={timeout}", "--latency", url],
+    out = subprocess.run([*rt, "wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}", f"--timeout={timeout}", "--latency", *(["-s", script] if script else []), url],
                          capture_output=True, text=True, check=True).stdout
     lines = out.splitlines()
     reqs = int(next(l for l in lines if "requests in" in l).split()[0])
@@ -112,6 +112,16 @@ class Stratus:
         r = c.getresponse()
         body = r.read()
         c.close()
+        return json.loads(body)
+
+    def get(self, path):
+        c = http.client.HTTPConnection("127.0.0.1", self.api, timeout=30)
+        c.request("GET", path, headers={"authorization": f"Bearer {self.token}"})
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        if r.status != 200:
+            raise SystemExit(f"GET {path}: {r.status} {body[:300]!r}")
         return json.loads(body)
 
     def instances(self, name, state="ready"):

@@ -301,6 +301,14 @@ impl Instance for LambdaInstance {
         self.conf.usage()
     }
 
+    fn set_cpu_class(&self, class: stratus_runtime::CpuClass) -> bool {
+        self.conf.set_cpu_class(class)
+    }
+
+    fn cpu_class(&self) -> Option<stratus_runtime::CpuClass> {
+        self.conf.cpu_class()
+    }
+
     async fn stop(&self, grace: Duration) {
         if !self.running() {
             self.release().await;

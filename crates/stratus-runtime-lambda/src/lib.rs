@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use stratus_core::{FunctionSpec, RuntimeKind, VersionNumber};
-use stratus_runtime::{CodeCache, Instance, LogSink, PreparedVersion, Runtime, RuntimeError};
+use stratus_runtime::{
+    CodeCache, CpuClass, Instance, LogSink, PreparedVersion, Runtime, RuntimeError,
+};
 
 pub use instance::FUNCTION_ERROR_HEADER;
 
@@ -112,8 +114,18 @@ impl Runtime for LambdaRuntime {
         prepared: &PreparedVersion,
         instance_id: &str,
     ) -> Result<Arc<dyn Instance>, RuntimeError> {
+        self.start_as(prepared, instance_id, CpuClass::Serving)
+            .await
+    }
+
+    async fn start_as(
+        &self,
+        prepared: &PreparedVersion,
+        instance_id: &str,
+        class: CpuClass,
+    ) -> Result<Arc<dyn Instance>, RuntimeError> {
         let command = self.command(&prepared.spec);
-        let inst = start::start(prepared, instance_id, command, self.logs.clone()).await?;
+        let inst = start::start(prepared, instance_id, class, command, self.logs.clone()).await?;
         Ok(Arc::new(inst))
     }
 }

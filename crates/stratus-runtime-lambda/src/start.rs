@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stratus_runtime::{InstanceHealth, LogSink, PreparedVersion, RuntimeError};
+use stratus_runtime::{CpuClass, InstanceHealth, LogSink, PreparedVersion, RuntimeError};
 pub(crate) use stratus_runtime_process::platform_line;
 use stratus_runtime_process::{
     Confinement, OutputTail, capture_output, not_found, on_spawner, resolve_program, watch_exit,
@@ -65,6 +65,7 @@ impl LogSink for Tagging {
 pub async fn start(
     p: &PreparedVersion,
     instance_id: &str,
+    class: CpuClass,
     command: Vec<String>,
     logs: Arc<dyn LogSink>,
 ) -> Result<LambdaInstance, RuntimeError> {
@@ -128,6 +129,9 @@ pub async fn start(
         let program = program.clone();
         on_spawner(move || -> Result<_, RuntimeError> {
             let conf = Arc::new(Confinement::new(&id, &limits)?);
+            if class != CpuClass::Serving {
+                conf.set_cpu_class(class);
+            }
             let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
             let join = conf.configure(&mut cmd, &dirs, &program)?;
             let spawned = cmd.spawn();

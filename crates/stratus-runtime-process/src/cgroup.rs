@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use stratus_core::Limits;
+use stratus_runtime::CpuClass;
 
 const PARENT: &str = "stratus";
 
@@ -54,6 +55,9 @@ pub struct Enforcement {
     /// How an instance's CPU and memory use are observed (for `scaling.cpu_target` /
     /// `memory_target` and `stratus info`), or `not observed: why`.
     pub usage: String,
+    /// How an instance with no request to serve is kept from slowing those that have one (the
+    /// background CPU class), or `not enforced: why`.
+    pub cpu_class: String,
 }
 
 struct Detected {
@@ -101,6 +105,7 @@ fn detect() -> Detected {
             usage: format!(
                 "not observed: no cgroups ({why}), so scaling.cpu_target and scaling.memory_target cannot act"
             ),
+            cpu_class: format!("not enforced: no cgroups ({why})"),
         },
     }
 }
@@ -196,6 +201,14 @@ fn detect_v2(mounts: &str) -> Option<Detected> {
         } else {
             "cgroup v2 cpu.stat usage_usec; memory not observed: the memory controller is not delegated, so scaling.memory_target cannot act".into()
         },
+        cpu_class: if controllers.contains(&"cpu") {
+            background_how(&dir, "cpu.weight 1")
+        } else {
+            format!(
+                "not enforced: the cpu controller is not delegated to {}",
+                dir.display()
+            )
+        },
     };
     Some(Detected {
         backend: Backend::V2 { dir, controllers },
@@ -236,6 +249,10 @@ fn detect_v1(mounts: &str) -> Option<Detected> {
                 None => "memory not observed, so scaling.memory_target cannot act".into(),
             }
         ),
+        cpu_class: match &cpu {
+            Some(d) => background_how(d, "cpu.shares 2"),
+            None => "not enforced: no writable v1 cpu hierarchy".into(),
+        },
     };
     Some(Detected {
         backend: Backend::V1 {
@@ -246,6 +263,21 @@ fn detect_v1(mounts: &str) -> Option<Detected> {
         },
         report,
     })
+}
+
+/// How the classes out of `Serving` are applied under `parent` (whose children have the files
+/// it has).
+fn background_how(parent: &Path, fallback: &str) -> String {
+    let priority = if parent.join("cpu.idle").exists() {
+        "cpu.idle 1".to_string()
+    } else {
+        format!("{fallback} (no cpu.idle on this kernel)")
+    };
+    format!(
+        "a function's instance serving nothing is parked ({priority}, at most {PARKED_CORES} cores); \
+         an app's, and instances started ahead of demand, run at {priority} ({})",
+        parent.display()
+    )
 }
 
 /// The rlimits a child sets on itself before exec when no cgroup enforces the limits.
@@ -273,7 +305,17 @@ pub struct InstanceCgroup {
     /// Where CPU use is counted: the instance's v2 cgroup, or its v1 cpuacct cgroup.
     cpuacct: Option<PathBuf>,
     pids: Option<PathBuf>,
+    /// The CPU weight it serves at (`cpu.shares` on v1, `cpu.weight` on v2), restored when it
+    /// leaves the background class on a kernel without `cpu.idle`.
+    serving_weight: u64,
+    /// `limits.cpu`: the quota it serves at (`None`: unlimited).
+    serving_cores: Option<f64>,
 }
+
+/// What a parked instance (a function's, serving nothing) may use of a core: like Function
+/// Compute's and Lambda's instances, whose CPU is there while they serve. Enough for timers and
+/// a garbage collector; a spinner or a fork loop with no request to serve gets this and no more.
+pub const PARKED_CORES: f64 = 0.05;
 
 /// Open `cgroup.procs` files the child writes itself into; keep alive until spawn returns.
 pub struct JoinFiles(Vec<File>);
@@ -313,6 +355,8 @@ impl InstanceCgroup {
                     cpu: has("cpu").then(|| d.clone()),
                     cpuacct: Some(d.clone()),
                     pids: Some(d),
+                    serving_weight: limits.cpu.map_or(100, |c| cpu_settings(c).weight),
+                    serving_cores: limits.cpu,
                 }
             }
             Backend::V1 {
@@ -339,6 +383,8 @@ impl InstanceCgroup {
                     cpu: dir(cpu),
                     cpuacct: dir(cpuacct),
                     pids: dir(pids),
+                    serving_weight: limits.cpu.map_or(1024, |c| cpu_settings(c).shares),
+                    serving_cores: limits.cpu,
                 }
             }
         };
@@ -386,6 +432,98 @@ impl InstanceCgroup {
             write(d, "pids.max", n.to_string())?;
         }
         Ok(())
+    }
+
+    /// Puts the instance in a CPU class (see `stratus_runtime::CpuClass`). Priority: `cpu.idle`
+    /// where the kernel has it (5.15+, v1 and v2: the cgroup is scheduled like `SCHED_IDLE`
+    /// against its siblings, and so weighs next to nothing in its parent's share too), else the
+    /// smallest weight. A parked instance is also held to [`PARKED_CORES`] (or its own lower
+    /// limit). False without a CPU controller.
+    pub fn set_class(&self, class: CpuClass) -> io::Result<bool> {
+        let Some(d) = &self.cpu else {
+            return Ok(false);
+        };
+        let low = class != CpuClass::Serving;
+        let idle = d.join("cpu.idle");
+        if idle.exists() {
+            fs::write(&idle, if low { "1" } else { "0" })?;
+        } else {
+            let (file, least) = if self.v2 {
+                ("cpu.weight", 1)
+            } else {
+                ("cpu.shares", 2)
+            };
+            let w = if low { least } else { self.serving_weight };
+            fs::write(d.join(file), w.to_string())?;
+        }
+        let quota = match (class, self.serving_cores) {
+            (CpuClass::Parked, Some(c)) => Some(c.min(PARKED_CORES)),
+            (CpuClass::Parked, None) => Some(PARKED_CORES),
+            (_, c) => c,
+        };
+        self.write_quota(d, quota)?;
+        Ok(true)
+    }
+
+    fn write_quota(&self, d: &Path, cores: Option<f64>) -> io::Result<()> {
+        let c = cores.map(cpu_settings);
+        if self.v2 {
+            let v = c.map_or("max 100000".to_string(), |c| {
+                format!("{} {}", c.quota_us, c.period_us)
+            });
+            fs::write(d.join("cpu.max"), v)
+        } else {
+            // The period first when the quota is set, the quota first when it is lifted: the
+            // kernel refuses a quota above what the period allows of the parent's.
+            match c {
+                Some(c) => {
+                    fs::write(d.join("cpu.cfs_period_us"), c.period_us.to_string())?;
+                    fs::write(d.join("cpu.cfs_quota_us"), c.quota_us.to_string())
+                }
+                None => fs::write(d.join("cpu.cfs_quota_us"), "-1"),
+            }
+        }
+    }
+
+    /// The class the instance's cgroup is in now, read back from its files; `None` without a
+    /// CPU controller.
+    pub fn class(&self) -> Option<CpuClass> {
+        let d = self.cpu.as_ref()?;
+        let low = if let Ok(v) = fs::read_to_string(d.join("cpu.idle")) {
+            v.trim() == "1"
+        } else {
+            let (file, least) = if self.v2 {
+                ("cpu.weight", 1)
+            } else {
+                ("cpu.shares", 2)
+            };
+            let w: u64 = fs::read_to_string(d.join(file)).ok()?.trim().parse().ok()?;
+            w <= least
+        };
+        if !low {
+            return Some(CpuClass::Serving);
+        }
+        let parked = cpu_settings(self.serving_cores.unwrap_or(PARKED_CORES).min(PARKED_CORES));
+        let quota = if self.v2 {
+            fs::read_to_string(d.join("cpu.max"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        } else {
+            fs::read_to_string(d.join("cpu.cfs_quota_us"))
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        };
+        // (With its own limit at or under the parked one, parked and background look alike.)
+        Some(if quota == Some(parked.quota_us) {
+            CpuClass::Parked
+        } else {
+            CpuClass::Background
+        })
     }
 
     fn dirs(&self) -> Vec<&Path> {

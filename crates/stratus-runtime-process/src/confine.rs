@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use stratus_core::Limits;
-use stratus_runtime::{ExitCause, ResourceUsage, RuntimeError};
+use stratus_runtime::{CpuClass, ExitCause, ResourceUsage, RuntimeError};
 use tokio::process::Command;
 
 use crate::cgroup::{self, InstanceCgroup, JoinFiles, Rlimits};
@@ -79,6 +79,27 @@ impl Confinement {
             cpu_time: c.cpu_usage(),
             memory_bytes: c.working_set(),
         })
+    }
+
+    /// Moves the instance's cgroup to `class`; false without a CPU controller (or when the
+    /// write failed: the instance keeps the class it had, which is logged, not fatal).
+    pub fn set_cpu_class(&self, class: CpuClass) -> bool {
+        self.cg(|c| match c.set_class(class) {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot move an instance to the {} CPU class: {e}",
+                    class.as_str()
+                );
+                false
+            }
+        })
+        .unwrap_or(false)
+    }
+
+    /// The class its cgroup is in now; `None` without a CPU controller.
+    pub fn cpu_class(&self) -> Option<CpuClass> {
+        self.cg(|c| c.class()).flatten()
     }
 
     /// `limits.memory` in bytes, 0 when unset.

@@ -6,7 +6,9 @@ use http::uri::{PathAndQuery, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use stratus_runtime::{Body, Instance, InstanceHealth, ResourceUsage, RuntimeError, empty_body};
+use stratus_runtime::{
+    Body, CpuClass, Instance, InstanceHealth, ResourceUsage, RuntimeError, empty_body,
+};
 use tokio::sync::{Notify, watch};
 
 use crate::confine::Confinement;
@@ -190,6 +192,14 @@ impl Instance for ProcessInstance {
 
     fn usage(&self) -> Option<ResourceUsage> {
         self.conf.usage()
+    }
+
+    fn set_cpu_class(&self, class: CpuClass) -> bool {
+        self.conf.set_cpu_class(class)
+    }
+
+    fn cpu_class(&self) -> Option<CpuClass> {
+        self.conf.cpu_class()
     }
 
     async fn stop(&self, grace: Duration) {

@@ -18,9 +18,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use stratus_core::{FunctionSpec, VersionNumber};
-use stratus_runtime::{CodeCache, Instance, LogSink, PreparedVersion, Runtime, RuntimeError};
+use stratus_runtime::{
+    CodeCache, CpuClass, Instance, LogSink, PreparedVersion, Runtime, RuntimeError,
+};
 
-pub use cgroup::{Enforcement, enforcement};
+pub use cgroup::{Enforcement, PARKED_CORES, enforcement};
 pub use confine::{Confinement, signal_group};
 /// Process plumbing the handler runtimes (`stratus-runtime-lambda`) start their bootstraps with.
 pub use install::run_once as run_install;
@@ -72,9 +74,21 @@ impl ProcessRuntime {
         prepared: &PreparedVersion,
         instance_id: &str,
     ) -> Result<ProcessInstance, RuntimeError> {
+        self.start_process_as(prepared, instance_id, CpuClass::Serving)
+            .await
+    }
+
+    /// [`Self::start_process`] in a CPU class (see [`CpuClass`]).
+    pub async fn start_process_as(
+        &self,
+        prepared: &PreparedVersion,
+        instance_id: &str,
+        class: CpuClass,
+    ) -> Result<ProcessInstance, RuntimeError> {
         spawn::start(
             prepared,
             instance_id,
+            class,
             self.logs.clone(),
             self.client.clone(),
         )
@@ -99,5 +113,16 @@ impl Runtime for ProcessRuntime {
         instance_id: &str,
     ) -> Result<Arc<dyn Instance>, RuntimeError> {
         Ok(Arc::new(self.start_process(prepared, instance_id).await?))
+    }
+
+    async fn start_as(
+        &self,
+        prepared: &PreparedVersion,
+        instance_id: &str,
+        class: CpuClass,
+    ) -> Result<Arc<dyn Instance>, RuntimeError> {
+        Ok(Arc::new(
+            self.start_process_as(prepared, instance_id, class).await?,
+        ))
     }
 }

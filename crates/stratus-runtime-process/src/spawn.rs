@@ -4,7 +4,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stratus_core::{VersionNumber, now_ms};
-use stratus_runtime::{ExitCause, InstanceHealth, LogSink, PreparedVersion, RuntimeError};
+use stratus_runtime::{
+    CpuClass, ExitCause, InstanceHealth, LogSink, PreparedVersion, RuntimeError,
+};
 use stratus_store::{LogLine, LogStream};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
@@ -274,6 +276,7 @@ pub fn platform_line(logs: &dyn LogSink, p: &PreparedVersion, instance: &str, li
 pub async fn start(
     p: &PreparedVersion,
     instance_id: &str,
+    class: CpuClass,
     logs: Arc<dyn LogSink>,
     client: Client,
 ) -> Result<ProcessInstance, RuntimeError> {
@@ -306,6 +309,11 @@ pub async fn start(
         let dir = p.dir.clone();
         on_spawner(move || -> Result<_, RuntimeError> {
             let conf = Arc::new(Confinement::new(&id, &limits)?);
+            // Before the child joins: its start-up (the costly part of a node or JVM start)
+            // already runs in its class.
+            if class != CpuClass::Serving {
+                conf.set_cpu_class(class);
+            }
             let join = conf.configure(&mut cmd, &[&dir], &program)?;
             let spawned = cmd.spawn();
             drop(join);

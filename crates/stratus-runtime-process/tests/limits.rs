@@ -1,6 +1,6 @@
 //! Resource limits on real processes in real cgroups: memory (OOM kill, reported), pids (a fork
 //! bomb is held), cpu (throttled, read from the cgroup's stats), and stop killing processes that
-//! left the process group. Each test needs the controller it checks; without it (not root, no
+//! left the process group; the background CPU class yields a core to a serving instance. Each test needs the controller it checks; without it (not root, no
 //! cgroups) it says so and returns.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,9 @@ use http_body_util::BodyExt;
 use stratus_core::{
     Build, FunctionName, FunctionSpec, Health, Limits, RuntimeKind, Scaling, VersionNumber,
 };
-use stratus_runtime::{ExitCause, Instance, InstanceHealth, LogSink, PreparedVersion, empty_body};
+use stratus_runtime::{
+    CpuClass, ExitCause, Instance, InstanceHealth, LogSink, PreparedVersion, empty_body,
+};
 use stratus_runtime_process::{ProcessInstance, ProcessRuntime, enforcement};
 use stratus_store::LogLine;
 
@@ -60,6 +62,12 @@ class H(http.server.BaseHTTPRequestHandler):
         elif self.path == "/spin":
             threading.Thread(target=spin, daemon=True).start()
             body = b"spinning"
+        elif self.path == "/spin-on-cpu0":
+            def pinned():
+                os.sched_setaffinity(0, {0})
+                spin()
+            threading.Thread(target=pinned, daemon=True).start()
+            body = b"spinning"
         elif self.path == "/escape":
             p = subprocess.Popen(["setsid", "sh", "-c", "sleep 300 & echo $! > escaped.pid"])
             p.wait()
@@ -97,13 +105,22 @@ fn prepared(dir: &std::path::Path, limits: Limits) -> PreparedVersion {
 }
 
 async fn start(p: &PreparedVersion, id: &str, logs: Arc<Captured>) -> ProcessInstance {
+    start_as(p, id, logs, CpuClass::Serving).await
+}
+
+async fn start_as(
+    p: &PreparedVersion,
+    id: &str,
+    logs: Arc<Captured>,
+    class: CpuClass,
+) -> ProcessInstance {
     let blobs =
         Arc::new(stratus_store_embedded::LocalBlobStore::open(p.dir.join(".blobs")).unwrap());
     let code = Arc::new(
         stratus_runtime::CodeCache::new(p.dir.join(".code"), blobs, Default::default()).unwrap(),
     );
     ProcessRuntime::new(code, logs)
-        .start_process(p, id)
+        .start_process_as(p, id, class)
         .await
         .unwrap()
 }
@@ -318,6 +335,75 @@ async fn usage_counts_a_spinners_cpu_time_at_its_quota() {
         "{rate} cores: the spinner's CPU was not counted"
     );
     inst.stop(Duration::from_secs(1)).await;
+}
+
+/// CPU time of two instances over `wait`.
+async fn cpu_over(a: &ProcessInstance, b: &ProcessInstance, wait: Duration) -> (f64, f64) {
+    let cpu = |i: &ProcessInstance| i.usage().unwrap().cpu_time.unwrap();
+    let (a0, b0) = (cpu(a), cpu(b));
+    tokio::time::sleep(wait).await;
+    ((cpu(a) - a0).as_secs_f64(), (cpu(b) - b0).as_secs_f64())
+}
+
+#[tokio::test]
+async fn a_background_instance_yields_the_cpu_to_a_serving_one() {
+    let e = enforcement();
+    if e.cpu_class.starts_with("not enforced") || e.usage.contains("cpu not observed") {
+        eprintln!("skipping: no background CPU class here ({})", e.cpu_class);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = prepared(dir.path(), Limits::default());
+    let serving = start_as(
+        &p,
+        &instance_id("serving"),
+        Arc::default(),
+        CpuClass::Serving,
+    )
+    .await;
+    let background = start_as(
+        &p,
+        &instance_id("background"),
+        Arc::default(),
+        CpuClass::Background,
+    )
+    .await;
+    // Started in its class, and the class reads back from the cgroup.
+    assert_eq!(serving.cpu_class(), Some(CpuClass::Serving));
+    assert_eq!(background.cpu_class(), Some(CpuClass::Background));
+
+    // Both spin on the same core: the serving one gets it, the background one what is left
+    // (next to nothing: whatever else runs on that core also comes first).
+    for i in [&serving, &background] {
+        assert_eq!(get(i, "/spin-on-cpu0").await.unwrap().1, "spinning");
+    }
+    let (a, b) = cpu_over(&serving, &background, Duration::from_millis(1500)).await;
+    assert!(a > 0.3, "the serving spinner ran only {a:.3} s");
+    assert!(
+        a > 10.0 * b,
+        "serving {a:.3} s against background {b:.3} s of CPU: the background class did not yield"
+    );
+
+    // Moved back, it shares the core as an equal.
+    assert!(background.set_cpu_class(CpuClass::Serving));
+    assert_eq!(background.cpu_class(), Some(CpuClass::Serving));
+    let (a, b) = cpu_over(&serving, &background, Duration::from_millis(1500)).await;
+    assert!(
+        b > a / 3.0 && a > b / 3.0,
+        "two serving spinners on one core should share it: {a:.3} s and {b:.3} s"
+    );
+
+    // Parked, it gets a twentieth of a core even with the core to itself.
+    serving.stop(Duration::from_secs(1)).await;
+    assert!(background.set_cpu_class(CpuClass::Parked));
+    assert_eq!(background.cpu_class(), Some(CpuClass::Parked));
+    let (_, b) = cpu_over(&background, &background, Duration::from_secs(2)).await;
+    assert!(
+        b / 2.0 <= stratus_runtime_process::PARKED_CORES * 1.5,
+        "a parked spinner used {:.3} cores",
+        b / 2.0
+    );
+    background.stop(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]

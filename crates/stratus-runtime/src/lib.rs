@@ -143,6 +143,46 @@ pub trait Runtime: Send + Sync + 'static {
         prepared: &PreparedVersion,
         instance_id: &str,
     ) -> Result<Arc<dyn Instance>, RuntimeError>;
+
+    /// Starts an instance as [`Self::start`] does, in `class` from its first instruction: the
+    /// scaler starts instances that no request waits for as [`CpuClass::Background`].
+    /// Runtimes without a per-instance CPU class start as `start` does.
+    async fn start_as(
+        &self,
+        prepared: &PreparedVersion,
+        instance_id: &str,
+        class: CpuClass,
+    ) -> Result<Arc<dyn Instance>, RuntimeError> {
+        let _ = class;
+        self.start(prepared, instance_id).await
+    }
+}
+
+/// How an instance's processes compete for the node's CPU with everything else on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuClass {
+    /// Serving requests (or about to serve one that waits): the function's normal share.
+    #[default]
+    Serving,
+    /// Starting ahead of demand (the floor, headroom, a crash loop's restart), or an app serving
+    /// nothing: runs on CPU that nothing serving wants (the process runtimes: cgroup `cpu.idle`,
+    /// else the smallest CPU weight), within its own `limits.cpu`.
+    Background,
+    /// A function's instance serving nothing: background priority and at most a twentieth of a
+    /// core, as Function Compute and Lambda give CPU to an instance while it serves. A spinner, a
+    /// fork loop or a crash loop with no request to serve cannot slow the node's other functions.
+    /// Its next request moves it back to `Serving` before it reaches the instance.
+    Parked,
+}
+
+impl CpuClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuClass::Serving => "serving",
+            CpuClass::Background => "background",
+            CpuClass::Parked => "parked",
+        }
+    }
 }
 
 /// What an instance uses of the node, as far as its runtime can count it (the process runtimes
@@ -170,6 +210,18 @@ pub trait Instance: Send + Sync + 'static {
     /// runtime has no per-instance accounting (wasm instances share the server's). Cheap: the
     /// scaler's tick calls it for every instance of pools that scale on it.
     fn usage(&self) -> Option<ResourceUsage> {
+        None
+    }
+    /// Moves the instance to `class` (see [`CpuClass`]); false where its runtime cannot (wasm
+    /// instances share the server's threads; a node without the cgroup CPU controller). Cheap
+    /// enough for the lease path, which calls it only when the class changes.
+    fn set_cpu_class(&self, class: CpuClass) -> bool {
+        let _ = class;
+        false
+    }
+    /// The class it is in now, read back from where it is enforced; `None` where its runtime
+    /// has no per-instance class.
+    fn cpu_class(&self) -> Option<CpuClass> {
         None
     }
 }

@@ -1,11 +1,11 @@
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use stratus_core::{FunctionSpec, VersionNumber, now_ms};
-use stratus_runtime::{ExitCause, Instance, InstanceHealth, PreparedVersion, Runtime};
+use stratus_runtime::{CpuClass, ExitCause, Instance, InstanceHealth, PreparedVersion, Runtime};
 use tokio::sync::{Notify, oneshot};
 
 use crate::AcquireError;
@@ -20,6 +20,10 @@ use crate::utilization::{ResourceRule, RuleOutcome, UsageHistory};
 const CRASH_WINDOW: Duration = Duration::from_secs(10);
 /// This many quick exits in a row are reported as a crash loop.
 const CRASH_LOOP: u32 = 3;
+/// An instance with no request in flight for this long leaves the serving CPU class (a
+/// function's is parked, an app's goes to the background: `CpuClass`), as does one that was
+/// never leased, at the next tick.
+const BACKGROUND_AFTER: Duration = Duration::from_secs(1);
 
 struct Slot {
     instance: Arc<dyn Instance>,
@@ -36,6 +40,9 @@ struct Slot {
     fresh: AtomicBool,
     /// Its recent CPU and memory samples (`Instance::usage`).
     usage: Mutex<UsageHistory>,
+    /// Its `CpuClass` as the pool last set it (`class_code`; changed under the pool lock, so
+    /// that a lease's move back and the tick's move away cannot cross).
+    class: AtomicU8,
 }
 
 impl Slot {
@@ -46,6 +53,14 @@ impl Slot {
 
     fn usage(&self) -> std::sync::MutexGuard<'_, UsageHistory> {
         self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn class_code(c: CpuClass) -> u8 {
+    match c {
+        CpuClass::Serving => 0,
+        CpuClass::Background => 1,
+        CpuClass::Parked => 2,
     }
 }
 
@@ -212,6 +227,10 @@ pub struct InstanceStatus {
     /// Working set (resident memory and active page cache) at the last sample.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// `serving` or `background` (see `CpuClass`), read back from where it is enforced;
+    /// absent where the runtime has no per-instance class (wasm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_class: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -306,6 +325,12 @@ impl InstancePool {
             .min_by_key(|(n, _)| *n)?
             .1;
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
+        // Serving again before the request reaches it (one cgroup write, only on a change).
+        if slot.class.load(Ordering::Relaxed) != class_code(CpuClass::Serving) {
+            slot.class
+                .store(class_code(CpuClass::Serving), Ordering::Relaxed);
+            slot.instance.set_cpu_class(CpuClass::Serving);
+        }
         // Remember whether this is the instance's first request; only a request that waited
         // for the start counts it as a cold start (see `acquire_slot`).
         let first = slot.fresh.swap(false, Ordering::Relaxed);
@@ -408,6 +433,29 @@ impl InstancePool {
                 let f = floor_at(&self.spec.scaling, &self.floor_schedule, now);
                 st.floor = Some(f.clone());
                 f
+            }
+        }
+    }
+
+    /// Moves instances that serve nothing out of the serving CPU class: never leased, or no
+    /// request in flight for [`BACKGROUND_AFTER`]. A function's are parked, an app's (always on,
+    /// and free to work between requests) go to the background. Under the pool lock (see
+    /// `Slot::background`); a cgroup write per instance that changes, none for the others.
+    fn to_background(&self, st: &PoolState) {
+        let class = if self.spec.scaling.app {
+            CpuClass::Background
+        } else {
+            CpuClass::Parked
+        };
+        for s in &st.slots {
+            if s.class.load(Ordering::Relaxed) == class_code(class)
+                || s.in_flight.load(Ordering::Acquire) > 0
+                || !(s.fresh.load(Ordering::Relaxed) || s.idle_for() >= BACKGROUND_AFTER)
+            {
+                continue;
+            }
+            if s.instance.set_cpu_class(class) {
+                s.class.store(class_code(class), Ordering::Relaxed);
             }
         }
     }
@@ -586,11 +634,23 @@ impl InstancePool {
             return;
         }
         if d.start > 0 {
-            self.lock().starting += d.start;
+            // A start that requests wait for serves them; one ahead of demand (the floor, a
+            // crash loop's restart, headroom) starts in the background class, so that it does
+            // not slow the instances that serve (a burst's slow seconds were 29 node processes
+            // starting beside the 20 serving).
+            let class = {
+                let mut st = self.lock();
+                st.starting += d.start;
+                if st.waiting > 0 {
+                    CpuClass::Serving
+                } else {
+                    CpuClass::Background
+                }
+            };
             for _ in 0..d.start {
                 let pool = self.clone();
                 tokio::spawn(async move {
-                    let _ = pool.start_one_counted().await;
+                    let _ = pool.start_one_counted(class).await;
                 });
             }
         }
@@ -621,6 +681,7 @@ impl InstancePool {
         self.sample_usage(now);
         let (d, drain) = {
             let mut st = self.lock();
+            self.to_background(&st);
             let mut obs = self.observe(&st);
             let current = obs.ready + obs.starting;
             let resources = self.resource_observations(&st);
@@ -722,11 +783,11 @@ impl InstancePool {
     /// Starts one instance now and waits for it (deploy uses this to prove a version works).
     pub async fn start_one(self: &Arc<Self>) -> Result<(), String> {
         self.lock().starting += 1;
-        self.start_one_counted().await
+        self.start_one_counted(CpuClass::Serving).await
     }
 
     /// Starts one instance for which `starting` was already counted.
-    async fn start_one_counted(self: &Arc<Self>) -> Result<(), String> {
+    async fn start_one_counted(self: &Arc<Self>, class: CpuClass) -> Result<(), String> {
         let id = format!(
             "{}-v{}-{}",
             self.spec.name,
@@ -735,11 +796,17 @@ impl InstancePool {
         );
         let begun = Instant::now();
         let result = match self.prepared().await {
-            Ok(p) => self.runtime.start(&p, &id).await.map_err(|e| e.to_string()),
+            Ok(p) => self
+                .runtime
+                .start_as(&p, &id, class)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
         let out = match result {
             Ok(instance) => {
+                // Read back: a runtime without classes started it as it starts any.
+                let started_as = instance.cpu_class().unwrap_or(CpuClass::Serving);
                 let slot = Arc::new(Slot {
                     instance,
                     in_flight: AtomicU32::new(0),
@@ -751,6 +818,7 @@ impl InstancePool {
                     init: begun.elapsed(),
                     fresh: AtomicBool::new(true),
                     usage: Mutex::new(UsageHistory::default()),
+                    class: AtomicU8::new(class_code(started_as)),
                 });
                 {
                     let mut st = self.lock();
@@ -930,6 +998,7 @@ impl InstancePool {
                         idle_ms: s.idle_for().as_millis() as u64,
                         cpu_cores,
                         memory_bytes,
+                        cpu_class: s.instance.cpu_class().map(CpuClass::as_str),
                     }
                 })
                 .collect(),

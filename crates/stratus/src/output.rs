@@ -138,7 +138,11 @@ pub fn info(v: &Value, as_json: bool) -> Result<()> {
             rows.push(vec![
                 s(&p["version"]),
                 s(&i["id"]),
-                s(&i["state"]),
+                // An instance serving nothing is out of the serving CPU class; say which.
+                match i["cpu_class"].as_str() {
+                    Some(c @ ("background" | "parked")) => format!("{} ({c})", s(&i["state"])),
+                    _ => s(&i["state"]),
+                },
                 s(&i["in_flight"]),
                 s(&i["served"]),
                 i["cpu_cores"]

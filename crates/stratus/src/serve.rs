@@ -343,6 +343,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         limits.stop
     );
     tracing::info!("instance CPU and memory use: {}", limits.usage);
+    tracing::info!("instances serving nothing: {}", limits.cpu_class);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

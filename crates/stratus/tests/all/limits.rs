@@ -128,3 +128,75 @@ async fn a_timeout_kill_is_reported_and_not_counted_as_a_crash() {
     assert!(ok.is_some(), "no instance served after the timeout kill");
     assert_eq!(info(&s, "pyfn")["pools"][0]["crashes"], 0);
 }
+
+fn cpu_class(s: &Server) -> Option<String> {
+    info(s, "echo")["pools"][0]["instances"][0]["cpu_class"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// A function's instance with nothing to serve is parked (background priority, a twentieth of a
+/// core), a request moves it back before it reaches the instance, and a second of idleness parks
+/// it again; `stratus info` reads the class back from the instance's cgroup.
+#[tokio::test]
+async fn a_function_instance_serving_nothing_is_parked() {
+    let s = Server::start();
+    let app = App::fixture("echo");
+    app.edit_manifest("min = 0", "min = 1");
+    s.deploy(&app.dir).ok();
+    let how = info(&s, "echo")["limits"]["enforcement"]["cpu_class"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    if how.starts_with("not enforced") {
+        eprintln!("skipping: no background CPU class here ({how})");
+        return;
+    }
+    assert!(
+        how.contains("cpu.idle") || how.contains("cpu.shares") || how.contains("cpu.weight"),
+        "{how}"
+    );
+    // The deploy's instance was never leased: the next tick moves it.
+    let moved = eventually(Duration::from_secs(5), || async {
+        (cpu_class(&s).as_deref() == Some("parked")).then_some(())
+    })
+    .await;
+    assert!(moved.is_some(), "still {:?}", cpu_class(&s));
+    assert!(
+        s.cli(&["info", "echo"])
+            .ok()
+            .stdout()
+            .contains("ready (parked)"),
+        "{}",
+        s.cli(&["info", "echo"]).ok().stdout()
+    );
+
+    // While a request is in flight the instance serves.
+    let slow = {
+        let url = format!("{}/fn/echo/slow?ms=2500", s.gw);
+        tokio::spawn(async move {
+            crate::harness::http()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let serving = eventually(Duration::from_secs(2), || async {
+        (cpu_class(&s).as_deref() == Some("serving")).then_some(())
+    })
+    .await;
+    assert!(
+        serving.is_some(),
+        "still {:?} with a request in flight",
+        cpu_class(&s)
+    );
+    assert_eq!(slow.await.unwrap(), 200);
+    // And after a second with none, background again.
+    let back = eventually(Duration::from_secs(5), || async {
+        (cpu_class(&s).as_deref() == Some("parked")).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "still {:?} when idle", cpu_class(&s));
+}
