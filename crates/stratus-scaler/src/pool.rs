@@ -975,7 +975,9 @@ impl InstancePool {
     pub fn status(&self) -> PoolStatus {
         let floor = self.floor_now();
         let st = self.lock();
-        PoolStatus {
+        let instances: Vec<Arc<dyn Instance>> =
+            st.slots.iter().map(|s| s.instance.clone()).collect();
+        let mut status = PoolStatus {
             version: self.version,
             instances: st
                 .slots
@@ -998,7 +1000,8 @@ impl InstancePool {
                         idle_ms: s.idle_for().as_millis() as u64,
                         cpu_cores,
                         memory_bytes,
-                        cpu_class: s.instance.cpu_class().map(CpuClass::as_str),
+                        // Read back after the lock is released (cgroup files).
+                        cpu_class: None,
                     }
                 })
                 .collect(),
@@ -1015,7 +1018,12 @@ impl InstancePool {
             scale_events: st.events.iter().cloned().collect(),
             floor,
             rules: st.rules.clone(),
+        };
+        drop(st);
+        for (i, inst) in status.instances.iter_mut().zip(&instances) {
+            i.cpu_class = inst.cpu_class().map(CpuClass::as_str);
         }
+        status
     }
 
     pub fn instance_count(&self) -> usize {
