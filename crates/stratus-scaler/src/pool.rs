@@ -227,7 +227,7 @@ pub struct InstanceStatus {
     /// Working set (resident memory and active page cache) at the last sample.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
-    /// `serving` or `background` (see `CpuClass`), read back from where it is enforced;
+    /// `serving`, `background` or `parked` (see `CpuClass`), read back from where it is enforced;
     /// absent where the runtime has no per-instance class (wasm).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_class: Option<&'static str>,
@@ -440,7 +440,7 @@ impl InstancePool {
     /// Moves instances that serve nothing out of the serving CPU class: never leased, or no
     /// request in flight for [`BACKGROUND_AFTER`]. A function's are parked, an app's (always on,
     /// and free to work between requests) go to the background. Under the pool lock (see
-    /// `Slot::background`); a cgroup write per instance that changes, none for the others.
+    /// `Slot::class`); a cgroup write per instance that changes, none for the others.
     fn to_background(&self, st: &PoolState) {
         let class = if self.spec.scaling.app {
             CpuClass::Background
