@@ -149,16 +149,21 @@ def timeline(recs, step_ms=500, rows=12):
               f"{p99([q for _, q, _ in b]):>11.1f} {sum(c for _, _, c in b):>5} {sum(1 for d, _, _ in b if d >= slow):>6}")
 
 
-def client_latencies(times_prefix):
-    """Each answered request's latency in ms, as wrk's script timed it."""
+def client_times(times_prefix):
+    """Each answered request as wrk's script timed it: (request id, sent us, received us)."""
     import glob
     out = []
     for path in glob.glob(times_prefix + ".*"):
         for line in open(path):
             parts = line.split()
             if len(parts) >= 3:
-                out.append((int(parts[2]) - int(parts[1])) / 1000)
-    return sorted(out)
+                out.append((parts[0], int(parts[1]), int(parts[2])))
+    return out
+
+
+def client_latencies(times_prefix):
+    """Each answered request's latency in ms, sorted."""
+    return sorted((got - sent) / 1000 for _, sent, got in client_times(times_prefix))
 
 
 def pct(sorted_ms, p):
@@ -169,15 +174,8 @@ def client_vs_server(times_prefix, recs, step_ms=500, rows=8):
     """Each request as wrk saw it (sent, answered; from bench/fixtures/request-times.lua) next to
     the server's record of it, matched by request id: how much of the client's latency the
     server did not see, before its record starts and after it ends, by when it was sent."""
-    import glob
     byid = {r["request_id"]: r for r in recs}
-    client = []
-    for path in glob.glob(times_prefix + ".*"):
-        for line in open(path):
-            parts = line.split()
-            if len(parts) >= 3:
-                client.append((parts[0], int(parts[1]), int(parts[2])))
-    client.sort(key=lambda c: c[1])
+    client = sorted(client_times(times_prefix), key=lambda c: c[1])
     if not client:
         print("  (no client times)")
         return

@@ -448,11 +448,7 @@ impl InstanceCgroup {
         if idle.exists() {
             fs::write(&idle, if low { "1" } else { "0" })?;
         } else {
-            let (file, least) = if self.v2 {
-                ("cpu.weight", 1)
-            } else {
-                ("cpu.shares", 2)
-            };
+            let (file, least) = self.weight_file();
             let w = if low { least } else { self.serving_weight };
             fs::write(d.join(file), w.to_string())?;
         }
@@ -463,6 +459,15 @@ impl InstanceCgroup {
         };
         self.write_quota(d, quota)?;
         Ok(true)
+    }
+
+    /// The CPU weight's file and its smallest value, where `cpu.idle` is missing.
+    fn weight_file(&self) -> (&'static str, u64) {
+        if self.v2 {
+            ("cpu.weight", 1)
+        } else {
+            ("cpu.shares", 2)
+        }
     }
 
     fn write_quota(&self, d: &Path, cores: Option<f64>) -> io::Result<()> {
@@ -492,11 +497,7 @@ impl InstanceCgroup {
         let low = if let Ok(v) = fs::read_to_string(d.join("cpu.idle")) {
             v.trim() == "1"
         } else {
-            let (file, least) = if self.v2 {
-                ("cpu.weight", 1)
-            } else {
-                ("cpu.shares", 2)
-            };
+            let (file, least) = self.weight_file();
             let w: u64 = fs::read_to_string(d.join(file)).ok()?.trim().parse().ok()?;
             w <= least
         };

@@ -441,7 +441,7 @@ impl InstancePool {
     /// request in flight for [`BACKGROUND_AFTER`]. A function's are parked, an app's (always on,
     /// and free to work between requests) go to the background. Under the pool lock (see
     /// `Slot::class`); a cgroup write per instance that changes, none for the others.
-    fn to_background(&self, st: &PoolState) {
+    fn park_idle(&self, st: &PoolState) {
         let class = if self.spec.scaling.app {
             CpuClass::Background
         } else {
@@ -681,7 +681,7 @@ impl InstancePool {
         self.sample_usage(now);
         let (d, drain) = {
             let mut st = self.lock();
-            self.to_background(&st);
+            self.park_idle(&st);
             let mut obs = self.observe(&st);
             let current = obs.ready + obs.starting;
             let resources = self.resource_observations(&st);
