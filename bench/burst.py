@@ -31,7 +31,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stratus_bench import Stratus, ensure_wrk, free_port, load_average, wrk  # noqa: E402
+from stratus_bench import (Stratus, client_latencies, client_times, ensure_wrk, free_port,  # noqa: E402
+                           load_average, pct, wrk, REQUEST_TIMES_LUA)
 
 CLIENTS = int(os.environ.get("CLIENTS", "200"))
 DURATION = os.environ.get("DURATION", "30s")
@@ -149,27 +150,6 @@ def timeline(recs, step_ms=500, rows=12):
               f"{p99([q for _, q, _ in b]):>11.1f} {sum(c for _, _, c in b):>5} {sum(1 for d, _, _ in b if d >= slow):>6}")
 
 
-def client_times(times_prefix):
-    """Each answered request as wrk's script timed it: (request id, sent us, received us)."""
-    import glob
-    out = []
-    for path in glob.glob(times_prefix + ".*"):
-        for line in open(path):
-            parts = line.split()
-            if len(parts) >= 3:
-                out.append((parts[0], int(parts[1]), int(parts[2])))
-    return out
-
-
-def client_latencies(times_prefix):
-    """Each answered request's latency in ms, sorted."""
-    return sorted((got - sent) / 1000 for _, sent, got in client_times(times_prefix))
-
-
-def pct(sorted_ms, p):
-    return sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * p / 100))] if sorted_ms else float("nan")
-
-
 def client_vs_server(times_prefix, recs, step_ms=500, rows=8):
     """Each request as wrk saw it (sent, answered; from bench/fixtures/request-times.lua) next to
     the server's record of it, matched by request id: how much of the client's latency the
@@ -271,7 +251,7 @@ def main():
         while s.instances("ideal") < need and time.time() < deadline:
             time.sleep(0.2)
         print(f"load average before: {' '.join(load_average())}")
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures/request-times.lua")
+        script = REQUEST_TIMES_LUA
         os.environ["REQUEST_TIMES"] = ideal_times = os.path.join(s.tmp, "ideal-times")
         ideal = wrk(s.url("/fn/ideal/"), CLIENTS, DURATION, script=script)
         # Right before the burst, so that both see the same machine.

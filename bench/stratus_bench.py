@@ -4,6 +4,7 @@ the API, and wrk runs parsed into (requests, p50 ms, p99 ms, errors).
 
 Env: STRATUS_BIN (default target/release/stratus).
 """
+import glob
 import http.client
 import json
 import os
@@ -73,6 +74,50 @@ def wrk(url, conns, duration, threads=2, timeout="10s", script=None):
             # Socket errors: connect 0, read 0, write 0, timeout 0
             errors += sum(int(x.strip().split()[-1]) for x in l.split(":", 1)[1].split(","))
     return reqs, pct("50%"), pct("99%"), errors
+
+
+
+def client_times(times_prefix):
+    """Each answered request as wrk's script timed it: (request id, sent us, received us)."""
+    out = []
+    for path in glob.glob(times_prefix + ".*"):
+        for line in open(path):
+            parts = line.split()
+            if len(parts) >= 3:
+                out.append((parts[0], int(parts[1]), int(parts[2])))
+    return out
+
+
+def client_latencies(times_prefix):
+    """Each answered request's latency in ms, sorted."""
+    return sorted((got - sent) / 1000 for _, sent, got in client_times(times_prefix))
+
+
+def pct(sorted_ms, p):
+    return sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * p / 100))] if sorted_ms else float("nan")
+
+
+
+REQUEST_TIMES_LUA = os.path.join(REPO, "bench/fixtures/request-times.lua")
+
+
+def wrk_timed(url, conns, duration, times_prefix, threads=2, think_ms=None):
+    """A wrk run whose requests are timed one by one (bench/fixtures/request-times.lua):
+    (requests, p50 ms, p99 ms, errors, wrk's own p99 ms), p50/p99 over the requests as sent and
+    answered. wrk's own percentiles add made-up samples for every request slower than twice the
+    mean interval (`stats_correct`, a coordinated-omission correction for clients that send on
+    a schedule); they are returned beside, for comparison. `think_ms`: each connection waits
+    this long after an answer before its next request (a load below saturation)."""
+    for old in glob.glob(times_prefix + ".*"):
+        os.remove(old)
+    os.environ["REQUEST_TIMES"] = times_prefix
+    if think_ms is None:
+        os.environ.pop("THINK_MS", None)
+    else:
+        os.environ["THINK_MS"] = str(think_ms)
+    reqs, _, wrk_p99, errors = wrk(url, conns, duration, threads=threads, script=REQUEST_TIMES_LUA)
+    lat = client_latencies(times_prefix)
+    return reqs, pct(lat, 50), pct(lat, 99), errors, wrk_p99
 
 
 class Stratus:

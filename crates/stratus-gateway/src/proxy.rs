@@ -426,7 +426,7 @@ impl Gateway {
         };
         h.insert(
             TRACEPARENT.clone(),
-            HeaderValue::from_str(&upstream_trace.header()).expect("ascii"),
+            HeaderValue::try_from(upstream_trace.header()).expect("ascii"),
         );
         if h.get(header::HOST).is_none()
             && let Some(host) = &host

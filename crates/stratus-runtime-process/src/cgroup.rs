@@ -37,6 +37,8 @@ enum Backend {
         /// CPU accounting; often its own hierarchy, sometimes mounted with `cpu`.
         cpuacct: Option<PathBuf>,
         pids: Option<PathBuf>,
+        /// Where a parked instance is frozen (`freezer.state`).
+        freezer: Option<PathBuf>,
     },
     Rlimit,
 }
@@ -202,7 +204,13 @@ fn detect_v2(mounts: &str) -> Option<Detected> {
             "cgroup v2 cpu.stat usage_usec; memory not observed: the memory controller is not delegated, so scaling.memory_target cannot act".into()
         },
         cpu_class: if controllers.contains(&"cpu") {
-            background_how(&dir, "cpu.weight 1")
+            background_how(
+                &dir,
+                "cpu.weight 1",
+                dir.join("cgroup.freeze")
+                    .exists()
+                    .then(|| "cgroup v2 cgroup.freeze 1".to_string()),
+            )
         } else {
             format!(
                 "not enforced: the cpu controller is not delegated to {}",
@@ -228,6 +236,7 @@ fn detect_v1(mounts: &str) -> Option<Detected> {
     if memory.is_none() && cpu.is_none() && pids.is_none() {
         return None;
     }
+    let freezer = find("freezer");
     let how = |d: &Option<PathBuf>, c: &str, file: &str| match d {
         Some(d) => format!("cgroup v1 {file} ({})", d.display()),
         None => format!("not enforced: no writable v1 {c} hierarchy"),
@@ -250,7 +259,13 @@ fn detect_v1(mounts: &str) -> Option<Detected> {
             }
         ),
         cpu_class: match &cpu {
-            Some(d) => background_how(d, "cpu.shares 2"),
+            Some(d) => background_how(
+                d,
+                "cpu.shares 2",
+                freezer
+                    .as_ref()
+                    .map(|f| format!("cgroup v1 freezer.state FROZEN ({})", f.display())),
+            ),
             None => "not enforced: no writable v1 cpu hierarchy".into(),
         },
     };
@@ -260,21 +275,26 @@ fn detect_v1(mounts: &str) -> Option<Detected> {
             cpu,
             cpuacct,
             pids,
+            freezer,
         },
         report,
     })
 }
 
 /// How the classes out of `Serving` are applied under `parent` (whose children have the files
-/// it has).
-fn background_how(parent: &Path, fallback: &str) -> String {
+/// it has), and how a parked instance is frozen (`None`: no freezer here).
+fn background_how(parent: &Path, fallback: &str, freeze: Option<String>) -> String {
     let priority = if parent.join("cpu.idle").exists() {
         "cpu.idle 1".to_string()
     } else {
         format!("{fallback} (no cpu.idle on this kernel)")
     };
+    let parked = match freeze {
+        Some(how) => format!("frozen: {how}"),
+        None => format!("{priority}, at most {PARKED_CORES} cores: no freezer here"),
+    };
     format!(
-        "a function's instance serving nothing is parked ({priority}, at most {PARKED_CORES} cores); \
+        "a function's instance serving nothing is parked ({parked}); \
          an app's, and instances started ahead of demand, run at {priority} ({})",
         parent.display()
     )
@@ -310,11 +330,16 @@ pub struct InstanceCgroup {
     serving_weight: u64,
     /// `limits.cpu`: the quota it serves at (`None`: unlimited).
     serving_cores: Option<f64>,
+    /// Its freezer cgroup: the v1 freezer's, or its v2 cgroup (`cgroup.freeze`).
+    freezer: Option<PathBuf>,
+    /// Whether it was last frozen (so that leaving a class other than `Parked` writes nothing).
+    frozen: std::sync::atomic::AtomicBool,
 }
 
-/// What a parked instance (a function's, serving nothing) may use of a core: like Function
-/// Compute's and Lambda's instances, whose CPU is there while they serve. Enough for timers and
-/// a garbage collector; a spinner or a fork loop with no request to serve gets this and no more.
+/// What a parked instance (a function's, serving nothing) may use of a core where there is no
+/// freezer to freeze it (Function Compute and Lambda freeze theirs: their CPU is there while
+/// they serve). Enough for timers and a garbage collector; a spinner or a fork loop with no
+/// request to serve gets this and no more.
 pub const PARKED_CORES: f64 = 0.05;
 
 /// Open `cgroup.procs` files the child writes itself into; keep alive until spawn returns.
@@ -354,9 +379,11 @@ impl InstanceCgroup {
                     memory: has("memory").then(|| d.clone()),
                     cpu: has("cpu").then(|| d.clone()),
                     cpuacct: Some(d.clone()),
+                    freezer: d.join("cgroup.freeze").exists().then(|| d.clone()),
                     pids: Some(d),
                     serving_weight: limits.cpu.map_or(100, |c| cpu_settings(c).weight),
                     serving_cores: limits.cpu,
+                    frozen: false.into(),
                 }
             }
             Backend::V1 {
@@ -364,10 +391,11 @@ impl InstanceCgroup {
                 cpu,
                 cpuacct,
                 pids,
+                freezer,
             } => {
                 // Controllers mounted together (`cpu,cpuacct`) share one directory.
                 let mut parents: Vec<&Path> = Vec::new();
-                for p in [memory, cpu, cpuacct, pids].into_iter().flatten() {
+                for p in [memory, cpu, cpuacct, pids, freezer].into_iter().flatten() {
                     if !parents.contains(&p.as_path()) {
                         parents.push(p);
                     }
@@ -383,8 +411,10 @@ impl InstanceCgroup {
                     cpu: dir(cpu),
                     cpuacct: dir(cpuacct),
                     pids: dir(pids),
+                    freezer: dir(freezer),
                     serving_weight: limits.cpu.map_or(1024, |c| cpu_settings(c).shares),
                     serving_cores: limits.cpu,
+                    frozen: false.into(),
                 }
             }
         };
@@ -437,28 +467,71 @@ impl InstanceCgroup {
     /// Puts the instance in a CPU class (see `stratus_runtime::CpuClass`). Priority: `cpu.idle`
     /// where the kernel has it (5.15+, v1 and v2: the cgroup is scheduled like `SCHED_IDLE`
     /// against its siblings, and so weighs next to nothing in its parent's share too), else the
-    /// smallest weight. A parked instance is also held to [`PARKED_CORES`] (or its own lower
-    /// limit). False without a CPU controller.
+    /// smallest weight. A parked instance is also frozen where there is a freezer, else held to
+    /// [`PARKED_CORES`] (or its own lower limit): a low priority alone still let a parked
+    /// spinner's few milliseconds of CPU add a third to a busy neighbour's p99 on 2 cores
+    /// (BENCHMARKS.md). False without a CPU controller or a freezer.
     pub fn set_class(&self, class: CpuClass) -> io::Result<bool> {
-        let Some(d) = &self.cpu else {
-            return Ok(false);
-        };
-        let low = class != CpuClass::Serving;
-        let idle = d.join("cpu.idle");
-        if idle.exists() {
-            fs::write(&idle, if low { "1" } else { "0" })?;
-        } else {
-            let (file, least) = self.weight_file();
-            let w = if low { least } else { self.serving_weight };
-            fs::write(d.join(file), w.to_string())?;
+        let parked = class == CpuClass::Parked;
+        // Frozen first when parking; thawed last when leaving, so that it wakes in its new class.
+        if parked {
+            self.set_frozen(true)?;
         }
-        let quota = match (class, self.serving_cores) {
-            (CpuClass::Parked, Some(c)) => Some(c.min(PARKED_CORES)),
-            (CpuClass::Parked, None) => Some(PARKED_CORES),
-            (_, c) => c,
+        let mut done = parked && self.freezer.is_some();
+        if let Some(d) = &self.cpu {
+            let low = class != CpuClass::Serving;
+            let idle = d.join("cpu.idle");
+            if idle.exists() {
+                fs::write(&idle, if low { "1" } else { "0" })?;
+            } else {
+                let (file, least) = self.weight_file();
+                let w = if low { least } else { self.serving_weight };
+                fs::write(d.join(file), w.to_string())?;
+            }
+            // Frozen, it runs nothing: the quota stays the one it serves at (set at creation).
+            if self.freezer.is_none() {
+                let quota = match (class, self.serving_cores) {
+                    (CpuClass::Parked, Some(c)) => Some(c.min(PARKED_CORES)),
+                    (CpuClass::Parked, None) => Some(PARKED_CORES),
+                    (_, c) => c,
+                };
+                self.write_quota(d, quota)?;
+            }
+            done = true;
+        }
+        if !parked {
+            self.set_frozen(false)?;
+        }
+        Ok(done)
+    }
+
+    /// Freezes or thaws every process in the instance (nothing without a freezer, or when it is
+    /// already so). Freezing returns at once; the kernel stops the tasks as they reach a safe
+    /// point.
+    fn set_frozen(&self, frozen: bool) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let Some(d) = &self.freezer else {
+            return Ok(());
         };
-        self.write_quota(d, quota)?;
-        Ok(true)
+        if self.frozen.load(Ordering::Relaxed) == frozen {
+            return Ok(());
+        }
+        let (file, value) = match (self.v2, frozen) {
+            (true, f) => ("cgroup.freeze", if f { "1" } else { "0" }),
+            (false, true) => ("freezer.state", "FROZEN"),
+            (false, false) => ("freezer.state", "THAWED"),
+        };
+        fs::write(d.join(file), value)?;
+        self.frozen.store(frozen, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Thaws the instance if it is frozen: a frozen process cannot act on a signal (a v1
+    /// frozen task does not even die of SIGKILL), so every stop and kill thaws first.
+    pub fn thaw(&self) {
+        if let Err(e) = self.set_frozen(false) {
+            tracing::warn!("cannot thaw an instance's cgroup: {e}");
+        }
     }
 
     /// The CPU weight's file and its smallest value, where `cpu.idle` is missing.
@@ -493,6 +566,17 @@ impl InstanceCgroup {
     /// The class the instance's cgroup is in now, read back from its files; `None` without a
     /// CPU controller.
     pub fn class(&self) -> Option<CpuClass> {
+        if let Some(f) = &self.freezer {
+            let state = if self.v2 {
+                fs::read_to_string(f.join("cgroup.freeze")).map(|v| v.trim() == "1")
+            } else {
+                // FREEZING counts: the kernel is stopping it.
+                fs::read_to_string(f.join("freezer.state")).map(|v| v.trim() != "THAWED")
+            };
+            if state.unwrap_or(false) {
+                return Some(CpuClass::Parked);
+            }
+        }
         let d = self.cpu.as_ref()?;
         let low = if let Ok(v) = fs::read_to_string(d.join("cpu.idle")) {
             v.trim() == "1"
@@ -520,18 +604,26 @@ impl InstanceCgroup {
                 .ok()
         };
         // (With its own limit at or under the parked one, parked and background look alike.)
-        Some(if quota == Some(parked.quota_us) {
-            CpuClass::Parked
-        } else {
-            CpuClass::Background
-        })
+        Some(
+            if self.freezer.is_none() && quota == Some(parked.quota_us) {
+                CpuClass::Parked
+            } else {
+                CpuClass::Background
+            },
+        )
     }
 
     fn dirs(&self) -> Vec<&Path> {
         let mut v: Vec<&Path> = Vec::new();
-        for d in [&self.memory, &self.cpu, &self.cpuacct, &self.pids]
-            .into_iter()
-            .flatten()
+        for d in [
+            &self.memory,
+            &self.cpu,
+            &self.cpuacct,
+            &self.pids,
+            &self.freezer,
+        ]
+        .into_iter()
+        .flatten()
         {
             if !v.contains(&d.as_path()) {
                 v.push(d);
@@ -568,6 +660,7 @@ impl InstanceCgroup {
     /// Kills every process in the cgroup, until none is left (a fork bomb's children are
     /// caught by the next pass; the pids limit bounds how many there can be).
     pub fn kill_all(&self) {
+        self.thaw();
         if self.v2
             && let Some(d) = self.dirs().first()
         {

@@ -120,8 +120,9 @@ impl Confinement {
         self.pid.store(pid, Ordering::Relaxed);
     }
 
-    /// Signals the instance's process group.
+    /// Signals the instance's process group (thawed first: a frozen process would not see it).
     pub fn signal(&self, sig: i32) {
+        self.cg(|c| c.thaw());
         signal_group(self.pid.load(Ordering::Relaxed), sig);
     }
 

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::uri::{PathAndQuery, Uri};
 use http_body_util::BodyExt;
@@ -54,7 +55,8 @@ pub struct ProcessInstance {
     conf: Arc<Confinement>,
     port: u16,
     authority: http::uri::Authority,
-    client: Client,
+    /// Its own connection pool, replaced when it is parked (see `set_cpu_class`).
+    client: ArcSwap<Client>,
     health: watch::Receiver<InstanceHealth>,
     exited: Arc<Notify>,
     /// Its output capture, told which requests are in flight.
@@ -66,7 +68,6 @@ impl ProcessInstance {
         id: String,
         conf: Arc<Confinement>,
         port: u16,
-        client: Client,
         health: watch::Receiver<InstanceHealth>,
         exited: Arc<Notify>,
         tail: OutputTail,
@@ -79,7 +80,7 @@ impl ProcessInstance {
             conf,
             port,
             authority,
-            client,
+            client: ArcSwap::from_pointee(client()),
             health,
             exited,
             tail,
@@ -127,7 +128,8 @@ impl ProcessInstance {
         let req = http::Request::get(uri)
             .body(empty_body())
             .expect("valid request");
-        match tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await {
+        let sent = self.client.load().request(req);
+        match tokio::time::timeout(Duration::from_secs(2), sent).await {
             Ok(Ok(resp)) => resp.status().is_success(),
             _ => false,
         }
@@ -163,7 +165,8 @@ impl Instance for ProcessInstance {
             .and_then(|v| v.to_str().ok())
             .map(|rid| self.tail.enter(rid));
         let req = http::Request::from_parts(parts, body);
-        match self.client.request(req).await {
+        let sent = self.client.load().request(req);
+        match sent.await {
             Ok(resp) => Ok(resp.map(|b| {
                 let b = b.map_err(Into::into).boxed_unsync();
                 match scope {
@@ -195,6 +198,13 @@ impl Instance for ProcessInstance {
     }
 
     fn set_cpu_class(&self, class: CpuClass) -> bool {
+        if class == CpuClass::Parked {
+            // A frozen server cannot close the connections it keeps alive: its keep-alive timer
+            // (node's 5 s) runs out while it is frozen and fires as it thaws, racing the
+            // request the gateway sends on one of them. So a parked instance keeps none:
+            // dropping the pool closes them, and the next request opens a new one.
+            self.client.store(Arc::new(client()));
+        }
         self.conf.set_cpu_class(class)
     }
 

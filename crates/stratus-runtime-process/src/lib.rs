@@ -53,16 +53,11 @@ pub async fn prepare_code(
 pub struct ProcessRuntime {
     code: Arc<CodeCache>,
     logs: Arc<dyn LogSink>,
-    client: instance::Client,
 }
 
 impl ProcessRuntime {
     pub fn new(code: Arc<CodeCache>, logs: Arc<dyn LogSink>) -> Self {
-        Self {
-            code,
-            logs,
-            client: instance::client(),
-        }
+        Self { code, logs }
     }
 }
 
@@ -85,14 +80,7 @@ impl ProcessRuntime {
         instance_id: &str,
         class: CpuClass,
     ) -> Result<ProcessInstance, RuntimeError> {
-        spawn::start(
-            prepared,
-            instance_id,
-            class,
-            self.logs.clone(),
-            self.client.clone(),
-        )
-        .await
+        spawn::start(prepared, instance_id, class, self.logs.clone()).await
     }
 }
 

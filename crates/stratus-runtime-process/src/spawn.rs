@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::confine::Confinement;
-use crate::instance::{Client, ProcessInstance};
+use crate::instance::ProcessInstance;
 
 const TAIL_LINES: usize = 20;
 
@@ -278,7 +278,6 @@ pub async fn start(
     instance_id: &str,
     class: CpuClass,
     logs: Arc<dyn LogSink>,
-    client: Client,
 ) -> Result<ProcessInstance, RuntimeError> {
     let spec = &p.spec;
     let port = free_port().map_err(|e| RuntimeError::StartFailed(format!("no free port: {e}")))?;
@@ -358,7 +357,6 @@ pub async fn start(
         instance_id.to_string(),
         conf,
         port,
-        client,
         health_rx,
         exited,
         tail.clone(),

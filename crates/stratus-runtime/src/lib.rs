@@ -168,10 +168,12 @@ pub enum CpuClass {
     /// nothing: runs on CPU that nothing serving wants (the process runtimes: cgroup `cpu.idle`,
     /// else the smallest CPU weight), within its own `limits.cpu`.
     Background,
-    /// A function's instance serving nothing: background priority and at most a twentieth of a
-    /// core, as Function Compute and Lambda give CPU to an instance while it serves. A spinner, a
-    /// fork loop or a crash loop with no request to serve cannot slow the node's other functions.
-    /// Its next request moves it back to `Serving` before it reaches the instance.
+    /// A function's instance serving nothing: frozen (the process runtimes: the cgroup freezer,
+    /// else background priority and at most a twentieth of a core), as Function Compute and
+    /// Lambda freeze an instance between requests. A spinner or a fork loop with no request to
+    /// serve cannot slow the node's other functions. Its next request moves it back to
+    /// `Serving` (thawed) before it reaches the instance; work it does between requests waits
+    /// until then (an app's instance is never parked).
     Parked,
 }
 

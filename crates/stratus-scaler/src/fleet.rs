@@ -15,6 +15,9 @@ pub struct FleetConfig {
     pub stop_grace: Duration,
     /// How often idle instances are reaped and minimums restored.
     pub tick: Duration,
+    /// How often instances with no request in flight are moved out of the serving CPU class
+    /// (`InstancePool::yield_idle`); a divisor of `tick`.
+    pub class_tick: Duration,
 }
 
 impl Default for FleetConfig {
@@ -22,6 +25,7 @@ impl Default for FleetConfig {
         Self {
             stop_grace: Duration::from_secs(10),
             tick: Duration::from_millis(200),
+            class_tick: crate::pool::YIELD_AFTER,
         }
     }
 }
@@ -215,15 +219,20 @@ impl Fleet {
     /// Runs the scaling loop until the fleet is dropped.
     pub fn spawn_ticker(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let fleet = Arc::downgrade(self);
-        let every = self.config.tick;
+        let every = self.config.class_tick.min(self.config.tick);
+        let full_every = (self.config.tick.as_millis() / every.as_millis().max(1)).max(1) as u64;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for n in 0u64.. {
                 tick.tick().await;
                 let Some(fleet) = fleet.upgrade() else { return };
+                let full = n % full_every == 0;
                 for p in fleet.all() {
-                    p.tick();
+                    if full {
+                        p.tick();
+                    }
+                    p.yield_idle();
                 }
             }
         })

@@ -20,10 +20,10 @@ use crate::utilization::{ResourceRule, RuleOutcome, UsageHistory};
 const CRASH_WINDOW: Duration = Duration::from_secs(10);
 /// This many quick exits in a row are reported as a crash loop.
 const CRASH_LOOP: u32 = 3;
-/// An instance with no request in flight for this long leaves the serving CPU class (a
-/// function's is parked, an app's goes to the background: `CpuClass`), as does one that was
-/// never leased, at the next tick.
-const BACKGROUND_AFTER: Duration = Duration::from_secs(1);
+/// An instance with no request in flight for this long (or never leased) leaves the serving
+/// CPU class until its next lease: a function's is parked, an app's goes to the background
+/// (`CpuClass`; see [`InstancePool::yield_idle`]).
+pub(crate) const YIELD_AFTER: Duration = Duration::from_millis(25);
 
 struct Slot {
     instance: Arc<dyn Instance>,
@@ -437,20 +437,27 @@ impl InstancePool {
         }
     }
 
-    /// Moves instances that serve nothing out of the serving CPU class: never leased, or no
-    /// request in flight for [`BACKGROUND_AFTER`]. A function's are parked, an app's (always on,
-    /// and free to work between requests) go to the background. Under the pool lock (see
-    /// `Slot::class`); a cgroup write per instance that changes, none for the others.
-    fn park_idle(&self, st: &PoolState) {
+    /// Moves instances that serve nothing to their idle CPU class, on the fleet's class tick
+    /// (every [`YIELD_AFTER`]): never leased, or no request in flight for [`YIELD_AFTER`]. A
+    /// function's instance is parked (frozen), as Function Compute and Lambda freeze one
+    /// between requests; an app's (always on, and free to work between requests) goes to the
+    /// background. This is what keeps a function that burns CPU between its calls (a spinning
+    /// thread, a fork loop) off its neighbours' CPU: in the background class (`cpu.idle`) with
+    /// its 0.5 cores, a spinner called 4 times a second still doubled a loaded neighbour's p99
+    /// on 2 cores (BENCHMARKS.md). A function under steady load always has a request in flight
+    /// and never moves; one called now and then pays two cgroup writes per call. Under the pool
+    /// lock (see `Slot::class`).
+    pub(crate) fn yield_idle(&self) {
         let class = if self.spec.scaling.app {
             CpuClass::Background
         } else {
             CpuClass::Parked
         };
+        let st = self.lock();
         for s in &st.slots {
             if s.class.load(Ordering::Relaxed) == class_code(class)
                 || s.in_flight.load(Ordering::Acquire) > 0
-                || !(s.fresh.load(Ordering::Relaxed) || s.idle_for() >= BACKGROUND_AFTER)
+                || !(s.fresh.load(Ordering::Relaxed) || s.idle_for() >= YIELD_AFTER)
             {
                 continue;
             }
@@ -681,7 +688,6 @@ impl InstancePool {
         self.sample_usage(now);
         let (d, drain) = {
             let mut st = self.lock();
-            self.park_idle(&st);
             let mut obs = self.observe(&st);
             let current = obs.ready + obs.starting;
             let resources = self.resource_observations(&st);

@@ -105,13 +105,17 @@ impl TraceContext {
         hex(&self.trace_id)
     }
 
+    /// The `traceparent` value, written into one 55-byte string (it is built for every request
+    /// the gateway forwards).
     pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        )
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        push_hex(&mut s, &self.trace_id);
+        s.push('-');
+        push_hex(&mut s, &self.span_id);
+        s.push('-');
+        push_hex(&mut s, &[self.flags]);
+        s
     }
 }
 

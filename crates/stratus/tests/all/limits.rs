@@ -135,9 +135,10 @@ fn cpu_class(s: &Server) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A function's instance with nothing to serve is parked (background priority, a twentieth of a
-/// core), a request moves it back before it reaches the instance, and a second of idleness parks
-/// it again; `stratus info` reads the class back from the instance's cgroup.
+/// A function's instance with nothing to serve is parked (frozen where the host has a freezer,
+/// else background priority and a twentieth of a core), a request moves it back before it
+/// reaches the instance, and it is parked again as soon as its request is done; `stratus info`
+/// reads the class back from the instance's cgroup.
 #[tokio::test]
 async fn a_function_instance_serving_nothing_is_parked() {
     let s = Server::start();
@@ -154,6 +155,10 @@ async fn a_function_instance_serving_nothing_is_parked() {
     }
     assert!(
         how.contains("cpu.idle") || how.contains("cpu.shares") || how.contains("cpu.weight"),
+        "{how}"
+    );
+    assert!(
+        how.contains("frozen: cgroup") || how.contains("no freezer here"),
         "{how}"
     );
     // The deploy's instance was never leased: the next tick moves it.
@@ -193,10 +198,32 @@ async fn a_function_instance_serving_nothing_is_parked() {
         cpu_class(&s)
     );
     assert_eq!(slow.await.unwrap(), 200);
-    // And after a second with none, background again.
-    let back = eventually(Duration::from_secs(5), || async {
+    let answered = std::time::Instant::now();
+    // With none in flight it is parked again at once (25 ms on, at the next class tick).
+    let back = eventually(Duration::from_millis(800), || async {
         (cpu_class(&s).as_deref() == Some("parked")).then_some(())
     })
     .await;
-    assert!(back.is_some(), "still {:?} when idle", cpu_class(&s));
+    assert!(
+        back.is_some() && answered.elapsed() < Duration::from_secs(1),
+        "still {:?} {:?} after its request",
+        cpu_class(&s),
+        answered.elapsed()
+    );
+
+    // Frozen past node's keep-alive timeout (5 s): the next requests thaw it and succeed, on
+    // the same instance.
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(answered.elapsed())).await;
+    let before = info(&s, "echo")["pools"][0]["instances"].to_string();
+    for i in 0..3 {
+        let r = crate::harness::http()
+            .get(format!("{}/fn/echo/slow?ms=1", s.gw))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i} after the instance thawed");
+        let body: serde_json::Value = r.json().await.unwrap();
+        let id = body["instance"].as_str().unwrap().to_string();
+        assert!(before.contains(&id), "served by a new instance {id}");
+    }
 }
