@@ -37,8 +37,6 @@ enum Backend {
         /// CPU accounting; often its own hierarchy, sometimes mounted with `cpu`.
         cpuacct: Option<PathBuf>,
         pids: Option<PathBuf>,
-        /// Where a parked instance is frozen (`freezer.state`).
-        freezer: Option<PathBuf>,
     },
     Rlimit,
 }
@@ -236,7 +234,6 @@ fn detect_v1(mounts: &str) -> Option<Detected> {
     if memory.is_none() && cpu.is_none() && pids.is_none() {
         return None;
     }
-    let freezer = find("freezer");
     let how = |d: &Option<PathBuf>, c: &str, file: &str| match d {
         Some(d) => format!("cgroup v1 {file} ({})", d.display()),
         None => format!("not enforced: no writable v1 {c} hierarchy"),
@@ -259,12 +256,12 @@ fn detect_v1(mounts: &str) -> Option<Detected> {
             }
         ),
         cpu_class: match &cpu {
+            // Not v1's freezer: a task it froze does not die of SIGKILL, so the instances of a
+            // server that was killed (their PR_SET_PDEATHSIG pending) stayed frozen forever.
             Some(d) => background_how(
                 d,
                 "cpu.shares 2",
-                freezer
-                    .as_ref()
-                    .map(|f| format!("cgroup v1 freezer.state FROZEN ({})", f.display())),
+                Some("SIGSTOP to every process in its cgroup".to_string()),
             ),
             None => "not enforced: no writable v1 cpu hierarchy".into(),
         },
@@ -275,7 +272,6 @@ fn detect_v1(mounts: &str) -> Option<Detected> {
             cpu,
             cpuacct,
             pids,
-            freezer,
         },
         report,
     })
@@ -330,10 +326,20 @@ pub struct InstanceCgroup {
     serving_weight: u64,
     /// `limits.cpu`: the quota it serves at (`None`: unlimited).
     serving_cores: Option<f64>,
-    /// Its freezer cgroup: the v1 freezer's, or its v2 cgroup (`cgroup.freeze`).
-    freezer: Option<PathBuf>,
+    /// How it is frozen when parked.
+    freezer: Option<Freezer>,
     /// Whether it was last frozen (so that leaving a class other than `Parked` writes nothing).
     frozen: std::sync::atomic::AtomicBool,
+}
+
+/// How a parked instance is frozen.
+#[derive(Debug)]
+enum Freezer {
+    /// `cgroup.freeze` of its v2 cgroup (a frozen task still dies of SIGKILL there).
+    V2(PathBuf),
+    /// SIGSTOP to every process in its (v1) cgroups, SIGCONT to thaw: a stopped process dies of
+    /// SIGKILL, its `PR_SET_PDEATHSIG` included, where one frozen by v1's freezer does not.
+    Signal,
 }
 
 /// What a parked instance (a function's, serving nothing) may use of a core where there is no
@@ -379,7 +385,10 @@ impl InstanceCgroup {
                     memory: has("memory").then(|| d.clone()),
                     cpu: has("cpu").then(|| d.clone()),
                     cpuacct: Some(d.clone()),
-                    freezer: d.join("cgroup.freeze").exists().then(|| d.clone()),
+                    freezer: d
+                        .join("cgroup.freeze")
+                        .exists()
+                        .then(|| Freezer::V2(d.clone())),
                     pids: Some(d),
                     serving_weight: limits.cpu.map_or(100, |c| cpu_settings(c).weight),
                     serving_cores: limits.cpu,
@@ -391,11 +400,10 @@ impl InstanceCgroup {
                 cpu,
                 cpuacct,
                 pids,
-                freezer,
             } => {
                 // Controllers mounted together (`cpu,cpuacct`) share one directory.
                 let mut parents: Vec<&Path> = Vec::new();
-                for p in [memory, cpu, cpuacct, pids, freezer].into_iter().flatten() {
+                for p in [memory, cpu, cpuacct, pids].into_iter().flatten() {
                     if !parents.contains(&p.as_path()) {
                         parents.push(p);
                     }
@@ -411,7 +419,7 @@ impl InstanceCgroup {
                     cpu: dir(cpu),
                     cpuacct: dir(cpuacct),
                     pids: dir(pids),
-                    freezer: dir(freezer),
+                    freezer: Some(Freezer::Signal),
                     serving_weight: limits.cpu.map_or(1024, |c| cpu_settings(c).shares),
                     serving_cores: limits.cpu,
                     frozen: false.into(),
@@ -510,20 +518,42 @@ impl InstanceCgroup {
     /// point.
     fn set_frozen(&self, frozen: bool) -> io::Result<()> {
         use std::sync::atomic::Ordering;
-        let Some(d) = &self.freezer else {
+        let Some(f) = &self.freezer else {
             return Ok(());
         };
         if self.frozen.load(Ordering::Relaxed) == frozen {
             return Ok(());
         }
-        let (file, value) = match (self.v2, frozen) {
-            (true, f) => ("cgroup.freeze", if f { "1" } else { "0" }),
-            (false, true) => ("freezer.state", "FROZEN"),
-            (false, false) => ("freezer.state", "THAWED"),
-        };
-        fs::write(d.join(file), value)?;
+        match f {
+            Freezer::V2(d) => fs::write(d.join("cgroup.freeze"), if frozen { "1" } else { "0" })?,
+            Freezer::Signal => self.signal_all(if frozen { libc::SIGSTOP } else { libc::SIGCONT }),
+        }
         self.frozen.store(frozen, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Sends `sig` to every process in the cgroup, again to any that a pass finds new (one
+    /// forked meanwhile), until a pass finds none (bounded: the pids limit bounds a fork loop).
+    fn signal_all(&self, sig: i32) {
+        let mut done: Vec<i32> = Vec::new();
+        for _ in 0..100 {
+            let fresh: Vec<i32> = self
+                .procs()
+                .into_iter()
+                .filter(|p| !done.contains(p))
+                .collect();
+            if fresh.is_empty() {
+                return;
+            }
+            for pid in fresh {
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(pid, sig);
+                }
+                done.push(pid);
+            }
+        }
     }
 
     /// Thaws the instance if it is frozen: a frozen process cannot act on a signal (a v1
@@ -566,16 +596,17 @@ impl InstanceCgroup {
     /// The class the instance's cgroup is in now, read back from its files; `None` without a
     /// CPU controller.
     pub fn class(&self) -> Option<CpuClass> {
-        if let Some(f) = &self.freezer {
-            let state = if self.v2 {
-                fs::read_to_string(f.join("cgroup.freeze")).map(|v| v.trim() == "1")
-            } else {
-                // FREEZING counts: the kernel is stopping it.
-                fs::read_to_string(f.join("freezer.state")).map(|v| v.trim() != "THAWED")
-            };
-            if state.unwrap_or(false) {
-                return Some(CpuClass::Parked);
+        let frozen = match &self.freezer {
+            Some(Freezer::V2(d)) => {
+                fs::read_to_string(d.join("cgroup.freeze")).is_ok_and(|v| v.trim() == "1")
             }
+            // A stop is asynchronous (the kernel stops each task as it next runs): what was
+            // sent, not yet what /proc shows.
+            Some(Freezer::Signal) => self.frozen.load(std::sync::atomic::Ordering::Relaxed),
+            None => false,
+        };
+        if frozen {
+            return Some(CpuClass::Parked);
         }
         let d = self.cpu.as_ref()?;
         let low = if let Ok(v) = fs::read_to_string(d.join("cpu.idle")) {
@@ -615,15 +646,9 @@ impl InstanceCgroup {
 
     fn dirs(&self) -> Vec<&Path> {
         let mut v: Vec<&Path> = Vec::new();
-        for d in [
-            &self.memory,
-            &self.cpu,
-            &self.cpuacct,
-            &self.pids,
-            &self.freezer,
-        ]
-        .into_iter()
-        .flatten()
+        for d in [&self.memory, &self.cpu, &self.cpuacct, &self.pids]
+            .into_iter()
+            .flatten()
         {
             if !v.contains(&d.as_path()) {
                 v.push(d);

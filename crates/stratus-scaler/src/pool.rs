@@ -644,11 +644,13 @@ impl InstancePool {
             // A start that requests wait for serves them; one ahead of demand (the floor, a
             // crash loop's restart, headroom) starts in the background class, so that it does
             // not slow the instances that serve (a burst's slow seconds were 29 node processes
-            // starting beside the 20 serving).
+            // starting beside the 20 serving). So does a version's restart in a crash loop, even
+            // with requests waiting: a function that keeps dying does not get to take CPU from
+            // the node's healthy ones each time it starts again.
             let class = {
                 let mut st = self.lock();
                 st.starting += d.start;
-                if st.waiting > 0 {
+                if st.waiting > 0 && st.failures < CRASH_LOOP {
                     CpuClass::Serving
                 } else {
                     CpuClass::Background
