@@ -211,8 +211,8 @@ async fn a_function_instance_serving_nothing_is_parked() {
         answered.elapsed()
     );
 
-    // Frozen past node's keep-alive timeout (5 s): the next requests thaw it and succeed, on
-    // the same instance.
+    // Frozen for seconds, with the gateway's pooled connections to it closed when it was
+    // parked: the next requests thaw it and succeed, on the same instance.
     tokio::time::sleep(Duration::from_secs(6).saturating_sub(answered.elapsed())).await;
     let before = info(&s, "echo")["pools"][0]["instances"].to_string();
     for i in 0..3 {
