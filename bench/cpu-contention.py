@@ -27,7 +27,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stratus_bench import REPO, Stratus, ensure_wrk, load_average, wrk_timed  # noqa: E402
+from stratus_bench import Stratus, ensure_wrk, load_average, wrk_timed  # noqa: E402
 
 DURATION = os.environ.get("DURATION", "6s")
 ROUNDS = int(os.environ.get("ROUNDS", "2"))
@@ -55,10 +55,7 @@ def main():
     os.makedirs(cg, exist_ok=True)
     s = Stratus("contention")
     try:
-        hello = open(os.path.join(REPO, "bench/fixtures/hello/server.js")).read()
-        s.deploy("good", 'name = "good"\nruntime = "process"\ncommand = ["node", "server.js"]\n'
-                 '[limits]\nconcurrency = 100\n[scaling]\nmin = 1\nmax = 1\n', {"server.js": hello})
-        good = s.url("/fn/good/")
+        good = s.deploy_hello()
         times = os.path.join(s.tmp, "times")
         wrk_timed(good, CONNS, "3s", times, think_ms=THINK_MS)  # warm-up
 

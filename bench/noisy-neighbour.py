@@ -40,7 +40,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stratus_bench import BIN, REPO, Stratus, ensure_wrk, load_average, wrk, wrk_timed  # noqa: E402
+from stratus_bench import BIN, Stratus, ensure_wrk, load_average, wrk, wrk_timed  # noqa: E402
 
 CONNS = int(os.environ.get("CONNS", "16"))
 DURATION = os.environ.get("DURATION", "10s")
@@ -160,10 +160,7 @@ def main():
     ensure_wrk()
     s = Stratus("noisy")
     try:
-        hello = open(os.path.join(REPO, "bench/fixtures/hello/server.js")).read()
-        s.deploy("good", 'name = "good"\nruntime = "process"\ncommand = ["node", "server.js"]\n'
-                 '[limits]\nconcurrency = 100\n[scaling]\nmin = 1\nmax = 1\n', {"server.js": hello})
-        good = s.url("/fn/good/")
+        good = s.deploy_hello()
         wrk(good, CONNS, "3s")  # warm-up
         loads = [l for l in os.environ.get("LOADS", "saturated,paced").split(",") if l]
         times = os.path.join(s.tmp, "good-times")

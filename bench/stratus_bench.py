@@ -151,6 +151,14 @@ class Stratus:
         if r.returncode != 0:
             raise SystemExit(f"deploy {name} failed: {r.stderr}")
 
+    def deploy_hello(self, name="good"):
+        """The bench `hello` node server as function `name` (one instance, concurrency 100):
+        the well-behaved function the limits benches load. Returns its URL."""
+        hello = open(os.path.join(REPO, "bench/fixtures/hello/server.js")).read()
+        self.deploy(name, f'name = "{name}"\nruntime = "process"\ncommand = ["node", "server.js"]\n'
+                    '[limits]\nconcurrency = 100\n[scaling]\nmin = 1\nmax = 1\n', {"server.js": hello})
+        return self.url(f"/fn/{name}/")
+
     def info(self, name):
         c = http.client.HTTPConnection("127.0.0.1", self.api, timeout=5)
         c.request("GET", f"/api/v1/functions/{name}", headers={"authorization": f"Bearer {self.token}"})
