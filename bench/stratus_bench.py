@@ -55,14 +55,14 @@ def _ms(v):
     return float(v)
 
 
-def wrk(url, conns, duration, threads=2, timeout="10s", script=None):
+def wrk(url, conns, duration, threads=2, timeout="10s", script=None, env=None):
     """One wrk run: (requests, p50 ms, p99 ms, errors = non-2xx + socket errors)."""
     # WRK_RT=1 runs wrk at real-time priority (SCHED_FIFO 10): on a 2-core box whose cores a
     # burst of instance starts saturates, a load generator on the same box otherwise counts its
     # own scheduling delay as latency. wrk is I/O-bound, so it cannot starve the server.
     rt = ["chrt", "-f", "10"] if os.environ.get("WRK_RT") == "1" else []
     out = subprocess.run([*rt, "wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}", f"--timeout={timeout}", "--latency", *(["-s", script] if script else []), url],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, env=env).stdout
     lines = out.splitlines()
     reqs = int(next(l for l in lines if "requests in" in l).split()[0])
 
@@ -110,12 +110,11 @@ def wrk_timed(url, conns, duration, times_prefix, threads=2, think_ms=None):
     this long after an answer before its next request (a load below saturation)."""
     for old in glob.glob(times_prefix + ".*"):
         os.remove(old)
-    os.environ["REQUEST_TIMES"] = times_prefix
-    if think_ms is None:
-        os.environ.pop("THINK_MS", None)
-    else:
-        os.environ["THINK_MS"] = str(think_ms)
-    reqs, _, wrk_p99, errors = wrk(url, conns, duration, threads=threads, script=REQUEST_TIMES_LUA)
+    env = {k: v for k, v in os.environ.items() if k != "THINK_MS"}
+    env["REQUEST_TIMES"] = times_prefix
+    if think_ms is not None:
+        env["THINK_MS"] = str(think_ms)
+    reqs, _, wrk_p99, errors = wrk(url, conns, duration, threads=threads, script=REQUEST_TIMES_LUA, env=env)
     lat = client_latencies(times_prefix)
     return reqs, pct(lat, 50), pct(lat, 99), errors, wrk_p99
 

@@ -532,13 +532,19 @@ impl InstanceCgroup {
         Ok(())
     }
 
-    /// Sends `sig` to every process in the cgroup, again to any that a pass finds new (one
-    /// forked meanwhile), until a pass finds none (bounded: the pids limit bounds a fork loop).
+    /// Sends `sig` to every process in the instance. One cgroup's list is all of them (the
+    /// child joins each of its cgroups before exec, and what it forks inherits them), which
+    /// keeps a thaw (on the request path) to one file read. A stop looks again for any process
+    /// forked meanwhile, until a pass finds none (bounded: the pids limit bounds a fork loop);
+    /// a stopped process forks nothing, so a continue needs one pass.
     fn signal_all(&self, sig: i32) {
+        let Some(dir) = self.dirs().first().map(|d| d.to_path_buf()) else {
+            return;
+        };
+        let passes = if sig == libc::SIGSTOP { 100 } else { 1 };
         let mut done: Vec<i32> = Vec::new();
-        for _ in 0..100 {
-            let fresh: Vec<i32> = self
-                .procs()
+        for _ in 0..passes {
+            let fresh: Vec<i32> = pids_in(&dir)
                 .into_iter()
                 .filter(|p| !done.contains(p))
                 .collect();
@@ -556,8 +562,8 @@ impl InstanceCgroup {
         }
     }
 
-    /// Thaws the instance if it is frozen: a frozen process cannot act on a signal (a v1
-    /// frozen task does not even die of SIGKILL), so every stop and kill thaws first.
+    /// Thaws the instance if it is frozen: a stopped or frozen process does not act on SIGTERM
+    /// until then, so every stop (and, to be sure, every kill) thaws first.
     pub fn thaw(&self) {
         if let Err(e) = self.set_frozen(false) {
             tracing::warn!("cannot thaw an instance's cgroup: {e}");
@@ -669,13 +675,7 @@ impl InstanceCgroup {
     pub fn procs(&self) -> Vec<i32> {
         let mut all = Vec::new();
         for d in self.dirs() {
-            let mut s = String::new();
-            if File::open(d.join("cgroup.procs"))
-                .and_then(|mut f| f.read_to_string(&mut s))
-                .is_ok()
-            {
-                all.extend(s.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-            }
+            all.extend(pids_in(d));
         }
         all.sort_unstable();
         all.dedup();
@@ -806,6 +806,18 @@ impl InstanceCgroup {
         let d = self.pids.as_ref()?;
         read_key(&d.join("pids.events"), "max")
     }
+}
+
+/// The processes listed in one cgroup directory.
+fn pids_in(dir: &Path) -> Vec<i32> {
+    let mut s = String::new();
+    if File::open(dir.join("cgroup.procs"))
+        .and_then(|mut f| f.read_to_string(&mut s))
+        .is_err()
+    {
+        return Vec::new();
+    }
+    s.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 /// Creates `<parent>/<name>` in every parent, where the name is the instance id, or the id with a

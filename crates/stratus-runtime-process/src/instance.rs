@@ -198,14 +198,15 @@ impl Instance for ProcessInstance {
     }
 
     fn set_cpu_class(&self, class: CpuClass) -> bool {
-        if class == CpuClass::Parked {
+        let moved = self.conf.set_cpu_class(class);
+        if moved && class == CpuClass::Parked {
             // A frozen server cannot close the connections it keeps alive: its keep-alive timer
             // (node's 5 s) runs out while it is frozen and fires as it thaws, racing the
             // request the gateway sends on one of them. So a parked instance keeps none:
             // dropping the pool closes them, and the next request opens a new one.
             self.client.store(Arc::new(client()));
         }
-        self.conf.set_cpu_class(class)
+        moved
     }
 
     fn cpu_class(&self) -> Option<CpuClass> {

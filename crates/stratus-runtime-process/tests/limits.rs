@@ -421,8 +421,8 @@ async fn a_background_instance_yields_the_cpu_to_a_serving_one() {
     let (_, b) = cpu_over(&background, &background, Duration::from_millis(1000)).await;
     assert!(b > 0.3, "the thawed spinner ran only {b:.3} s");
 
-    // A parked instance stops as promptly as any (a frozen process would not see SIGTERM, and
-    // one frozen by the v1 freezer does not die of SIGKILL either).
+    // A parked instance stops as promptly as any (a stopped or frozen process would not see
+    // SIGTERM until thawed).
     assert!(background.set_cpu_class(CpuClass::Parked));
     let pid = background.confinement().pid();
     let t = Instant::now();

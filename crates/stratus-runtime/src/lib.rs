@@ -168,8 +168,9 @@ pub enum CpuClass {
     /// nothing: runs on CPU that nothing serving wants (the process runtimes: cgroup `cpu.idle`,
     /// else the smallest CPU weight), within its own `limits.cpu`.
     Background,
-    /// A function's instance serving nothing: frozen (the process runtimes: the cgroup freezer,
-    /// else background priority and at most a twentieth of a core), as Function Compute and
+    /// A function's instance serving nothing: frozen (the process runtimes: cgroup v2's
+    /// `cgroup.freeze`, SIGSTOP on v1, else background priority and at most a twentieth of a
+    /// core), as Function Compute and
     /// Lambda freeze an instance between requests. A spinner or a fork loop with no request to
     /// serve cannot slow the node's other functions. Its next request moves it back to
     /// `Serving` (thawed) before it reaches the instance; work it does between requests waits

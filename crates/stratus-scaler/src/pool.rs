@@ -441,12 +441,11 @@ impl InstancePool {
     /// (every [`YIELD_AFTER`]): never leased, or no request in flight for [`YIELD_AFTER`]. A
     /// function's instance is parked (frozen), as Function Compute and Lambda freeze one
     /// between requests; an app's (always on, and free to work between requests) goes to the
-    /// background. This is what keeps a function that burns CPU between its calls (a spinning
-    /// thread, a fork loop) off its neighbours' CPU: in the background class (`cpu.idle`) with
-    /// its 0.5 cores, a spinner called 4 times a second still doubled a loaded neighbour's p99
-    /// on 2 cores (BENCHMARKS.md). A function under steady load always has a request in flight
-    /// and never moves; one called now and then pays two cgroup writes per call. Under the pool
-    /// lock (see `Slot::class`).
+    /// background. Priority alone was not enough: a spinner at `cpu.idle` with its 0.5 cores,
+    /// called 4 times a second, still doubled a loaded neighbour's p99 on 2 cores
+    /// (BENCHMARKS.md). A function under steady load always has a request in flight and never
+    /// moves; one called now and then is parked and thawed once per call. Under the pool lock
+    /// (see `Slot::class`).
     pub(crate) fn yield_idle(&self) {
         let class = if self.spec.scaling.app {
             CpuClass::Background
